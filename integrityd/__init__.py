@@ -1,0 +1,3 @@
+"""integrityd: a file-integrity checker for Linux."""
+
+__version__ = "0.1.0"

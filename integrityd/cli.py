@@ -1,0 +1,138 @@
+"""Command line: ``main(argv) -> exit code``; the only place that maps errors to codes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import NoReturn
+
+import structlog
+
+from integrityd import __version__, audit, config, logsetup
+from integrityd.config import Config, LogConfig
+from integrityd.errors import IntegritydError, Interrupted, UsageError
+from integrityd.events import Command, Job
+from integrityd.manifest import journal_files
+
+log = structlog.get_logger()
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
+
+
+def default_manifest() -> bytes:
+    """/var/lib/integrityd for root, the XDG state directory for everyone else."""
+    if os.geteuid() == 0:
+        return b"/var/lib/integrityd/manifest.db"
+    state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.fsencode(os.path.join(state, "integrityd", "manifest.db"))
+
+
+def _abs(path: str) -> bytes:
+    return os.fsencode(os.path.realpath(path))
+
+
+def _load(args: argparse.Namespace) -> Config:
+    cfg = config.load(args.config) if args.config else Config()
+    if getattr(args, "workers", None):
+        cfg = Config(**{**{f: getattr(cfg, f) for f in cfg.__slots__}, "workers": args.workers})
+    logsetup.configure(cfg.log)
+    return cfg
+
+
+def _audit(command: Command, args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    manifest = _abs(args.manifest) if args.manifest else cfg.manifest or default_manifest()
+    paths = [_abs(p) for p in args.paths]
+    scopes = audit.resolve_scopes(command, cfg, manifest, paths)
+    json_out = args.json or (not sys.stdout.isatty() and cfg.report == "json")
+    job = Job(
+        command=command,
+        manifest=manifest,
+        scopes=scopes,
+        skip=journal_files(manifest),
+        json=json_out,
+        progress=sys.stderr.isatty() and not args.no_progress,
+        log=cfg.log,
+    )
+    return audit.run(job, cfg).status
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    return _audit("init", args)
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    return _audit("check", args)
+
+
+def _cmd_accept(args: argparse.Namespace) -> int:
+    if bool(args.all) == bool(args.paths):
+        raise UsageError("accept needs either --all or the PATHs whose changes to accept")
+    return _audit("accept", args)
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    cfg = config.load(args.file)
+    roots = ", ".join(os.fsdecode(r.path) for r in cfg.roots) or "none"
+    print(f"{args.file}: ok (roots: {roots})")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="integrityd", description="File-integrity checker for Linux.")
+    p.add_argument("--version", action="version", version=f"integrityd {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def audit_cmd(name: str, func: Callable[[argparse.Namespace], int], text: str) -> _Parser:
+        c: _Parser = sub.add_parser(name, help=text, description=text)
+        c.add_argument("-c", "--config", help="YAML config file")
+        c.add_argument("-m", "--manifest", help="manifest file (default: see README)")
+        c.add_argument("--json", action="store_true", help="one JSON event per line on stdout")
+        c.add_argument("-j", "--workers", type=int, help="hash worker processes (default: CPUs)")
+        c.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+        c.set_defaults(func=func)
+        return c
+
+    audit_cmd("init", _cmd_init, "baseline PATHs (or the config's roots)").add_argument(
+        "paths", nargs="*", metavar="PATH"
+    )
+    audit_cmd("check", _cmd_check, "compare PATHs (or every baselined root) with the baseline")\
+        .add_argument("paths", nargs="*", metavar="PATH")
+    acc = audit_cmd("accept", _cmd_accept, "re-baseline PATHs (or --all) after review")
+    acc.add_argument("--all", action="store_true", help="accept every change in every root")
+    acc.add_argument("paths", nargs="*", metavar="PATH")
+
+    cfg = sub.add_parser("config", help="work with config files")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    chk = cfg_sub.add_parser("check", help="validate a config file")
+    chk.add_argument("file", metavar="CONFIG")
+    chk.set_defaults(func=_cmd_config_check)
+    return p
+
+
+def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
+    raise Interrupted(signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code (findings bits, or a fatal code)."""
+    logsetup.configure(LogConfig())
+    signal.signal(signal.SIGINT, _raise_interrupted)
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        args = _parser().parse_args(argv)
+        code: int = args.func(args)
+    except Interrupted as e:
+        log.error("interrupted", message=str(e), signal=e.signum)
+        return e.code
+    except IntegritydError as e:
+        log.error("fatal_error", message=str(e), error_type=type(e).__name__, exit_code=int(e.exit_code))
+        return int(e.exit_code)
+    return code

@@ -1,0 +1,54 @@
+"""Classify one difference between a baseline entry and what is on disk now (pure)."""
+
+from __future__ import annotations
+
+from integrityd.events import FileState, Finding
+
+# Attribute name in the config → (FileState field, name in events, as in ECS ``file.*``).
+_METADATA = (
+    ("type", "type", "type"),
+    ("mode", "mode", "mode"),
+    ("uid", "uid", "uid"),
+    ("gid", "gid", "gid"),
+    ("target", "target", "target_path"),
+    ("inode", "inode", "inode"),
+    ("ctime", "ctime_ns", "ctime"),
+    ("mtime", "mtime_ns", "mtime"),
+)
+
+SEVERITY = ("corrupted", "modified", "metadata")
+
+
+def classify(old: FileState | None, new: FileState, attrs: frozenset[str]) -> Finding | None:
+    """Return the finding for ``new`` against its baseline ``old``, or None if it matches.
+
+    Content that changed while size and mtime stayed the same is ``corrupted`` (bit rot
+    or an edit that covered its tracks); content that changed otherwise is ``modified``.
+    """
+    if new.error_type is not None:
+        return Finding("unreadable", new.path, old, new)
+    if old is None:
+        return Finding("added", new.path, None, new)
+    changes: list[str] = []
+    content = (
+        "content" in attrs
+        and old.type == new.type == "file"
+        and (old.sha256 != new.sha256 or old.size != new.size)
+    )
+    if content:
+        changes.append("hash.sha256")
+        if old.size != new.size:
+            changes.append("size")
+        if old.mtime_ns != new.mtime_ns:
+            changes.append("mtime")
+    for attr, field, name in _METADATA:
+        if attr in attrs and getattr(old, field) != getattr(new, field) and name not in changes:
+            changes.append(name)
+    if not changes:
+        return None
+    if content:
+        same_stat = old.size == new.size and old.mtime_ns == new.mtime_ns
+        action = "corrupted" if same_stat else "modified"
+    else:
+        action = "metadata"
+    return Finding(action, new.path, old, new, tuple(changes))

@@ -1,0 +1,123 @@
+"""Messages that cross process boundaries, and the findings a run reports.
+
+Everything here must pickle: a failure travels as data (``FileState.error``), never as
+an exception. ``FileState`` is a NamedTuple rather than a dataclass on purpose: it is
+created, pickled and unpickled once per file, and a tuple is both the cheapest thing to
+pickle and directly usable as SQLite statement parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple
+
+from integrityd.config import LogConfig, RootConfig
+
+Command = Literal["init", "check", "accept"]
+
+# Hints the walker gives the hash workers, from the directory entry's type.
+HINT_FILE = "f"
+HINT_OTHER = "o"
+"""Directories, symlinks and special files: the worker only lstat()s them, never opens them."""
+
+Work = tuple[bytes, str, int]
+"""(absolute path, hint, size from lstat) sent to a hash worker."""
+
+
+class FileState(NamedTuple):
+    """What one file looks like now (or in the baseline); column order of the manifest."""
+
+    path: bytes
+    type: str  # file, dir, symlink, fifo, socket, char, block; "missing" if it vanished
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+    mode: int  # permission bits, including setuid/setgid/sticky
+    uid: int
+    gid: int
+    sha256: bytes | None
+    target: bytes | None  # a symlink's target
+    error_type: str | None = None  # why it could not be verified: permission, io, changing, ...
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """A subtree to scan: ``start`` lies inside ``root.path`` (often it is the root itself)."""
+
+    root: RootConfig
+    start: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Job:
+    """What the collector is asked to do for one init/check/accept run."""
+
+    command: Command
+    manifest: bytes
+    scopes: tuple[Scope, ...]
+    skip: frozenset[bytes]  # the manifest and its journals: never reported
+    json: bool
+    progress: bool
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class DirUnreadable:
+    """The walker could not list a directory: nothing below it may be reported as removed."""
+
+    path: bytes
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class WalkProgress:
+    """How much the walker has found so far, for the progress bar's ETA."""
+
+    files: int
+    bytes: int
+    done: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """The walk is over and every result has been delivered."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """The collector holds the manifest (and, for writers, its lock)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The collector hit a fatal error; main re-raises it under the same exit code."""
+
+    error_type: str
+    message: str
+    exit_code: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Summary:
+    """Totals of a run; ``status`` holds the AIDE-compatible exit bits."""
+
+    command: Command
+    files: int
+    bytes: int
+    seconds: float
+    counts: dict[str, int]
+    unverified: int
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One difference between the baseline (``old``) and now (``new``)."""
+
+    action: str  # added, removed, modified, metadata, corrupted, unreadable
+    path: bytes
+    old: FileState | None
+    new: FileState | None
+    changes: tuple[str, ...] = ()

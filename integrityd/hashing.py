@@ -1,0 +1,147 @@
+"""Turn one path into a FileState: metadata, and SHA-256 for regular files.
+
+Safe reading: a file is opened with O_NOFOLLOW | O_NONBLOCK (a FIFO swapped in for a
+file cannot hang us, a symlink swapped in is not followed), the descriptor is fstat()ed
+and only a regular file is read. Symlinks, directories and special files are lstat()ed,
+never opened. Every OSError on an input file becomes data (``error_type``/``error``):
+one bad file is a finding, not a crash.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+
+from integrityd.events import HINT_FILE, FileState
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+_NOATIME = getattr(os, "O_NOATIME", 0)
+
+_TYPES = {
+    stat.S_IFREG: "file",
+    stat.S_IFDIR: "dir",
+    stat.S_IFLNK: "symlink",
+    stat.S_IFIFO: "fifo",
+    stat.S_IFSOCK: "socket",
+    stat.S_IFCHR: "char",
+    stat.S_IFBLK: "block",
+}
+
+
+def _state(
+    path: bytes, st: os.stat_result, sha256: bytes | None = None, target: bytes | None = None
+) -> FileState:
+    return FileState(
+        path,
+        _TYPES.get(stat.S_IFMT(st.st_mode), "unknown"),
+        st.st_size,
+        st.st_mtime_ns,
+        st.st_ctime_ns,
+        st.st_ino,
+        stat.S_IMODE(st.st_mode),
+        st.st_uid,
+        st.st_gid,
+        sha256,
+        target,
+    )
+
+
+def missing(path: bytes) -> FileState:
+    """The file vanished between the walk and the hashing: it is simply not there."""
+    return FileState(path, "missing", 0, 0, 0, 0, 0, 0, 0, None, None)
+
+
+def failed(path: bytes, error_type: str, error: str) -> FileState:
+    """A file that could not be verified; it keeps its baseline entry."""
+    return FileState(path, "unknown", 0, 0, 0, 0, 0, 0, 0, None, None, error_type, error)
+
+
+def _error_type(e: OSError) -> str:
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return "permission"
+    if e.errno == errno.EIO:
+        return "io"
+    return "os"
+
+
+def _describe(e: OSError) -> str:
+    return f"{type(e).__name__}: {e.strerror or e}"
+
+
+class Hasher:
+    """Hashes files chunk by chunk into one buffer that lives as long as the worker."""
+
+    def __init__(self, chunk_size: int) -> None:
+        self._buf = bytearray(chunk_size)
+        self._view = memoryview(self._buf)
+
+    def state(self, path: bytes, hint: str) -> FileState:
+        """Describe ``path`` now; never raises for problems with the file itself."""
+        if hint != HINT_FILE:
+            return self._lstat(path)
+        try:
+            fd = self._open(path)
+        except FileNotFoundError:
+            return missing(path)
+        except OSError as e:
+            if e.errno == errno.ELOOP:  # became a symlink since the walk
+                return self._lstat(path)
+            return failed(path, _error_type(e), _describe(e))
+        try:
+            return self._read(fd, path)
+        except OSError as e:
+            return failed(path, _error_type(e), _describe(e))
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _open(path: bytes) -> int:
+        if _NOATIME:
+            try:
+                return os.open(path, _OPEN_FLAGS | _NOATIME)
+            except PermissionError:
+                pass  # O_NOATIME needs file ownership (or CAP_FOWNER); read without it
+        return os.open(path, _OPEN_FLAGS)
+
+    def _lstat(self, path: bytes) -> FileState:
+        try:
+            st = os.lstat(path)
+            target = os.readlink(path) if stat.S_ISLNK(st.st_mode) else None
+        except FileNotFoundError:
+            return missing(path)
+        except OSError as e:
+            return failed(path, _error_type(e), _describe(e))
+        return _state(path, st, target=target)
+
+    def _read(self, fd: int, path: bytes) -> FileState:
+        before = os.fstat(fd)
+        if not stat.S_ISREG(before.st_mode):
+            return _state(path, before)  # swapped for a special file since the walk
+        for attempt in range(2):
+            if attempt:
+                os.lseek(fd, 0, os.SEEK_SET)
+            digest, length = self._digest(fd)
+            after = os.fstat(fd)
+            if (
+                length == after.st_size == before.st_size
+                and after.st_mtime_ns == before.st_mtime_ns
+                and after.st_ctime_ns == before.st_ctime_ns
+            ):
+                return _state(path, after, sha256=digest)
+            before = after
+        return failed(path, "changing", "file changed while it was being read (twice)")
+
+    def _digest(self, fd: int) -> tuple[bytes, int]:
+        h = hashlib.sha256()
+        buf, view, size = self._buf, self._view, len(self._buf)
+        total = 0
+        while True:
+            n = os.readv(fd, (buf,))
+            h.update(view[:n])
+            total += n
+            # A short read means end of file for a regular file; the fstat() afterwards
+            # catches a file that grew in the meantime.
+            if n < size:
+                return h.digest(), total

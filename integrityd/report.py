@@ -1,0 +1,215 @@
+"""How findings look: ECS JSON events, a readable text report, and the progress line.
+
+Paths are bytes and may hold anything but NUL and ``/`` separators. They are shown as
+text with a reversible escape (see ``escape_path``), so the JSON stays valid and a
+name cannot inject control sequences into a terminal or a log viewer.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from integrityd.events import FileState, Finding, Summary
+
+_PLAIN = re.compile(rb"[\x20-\x5b\x5d-\x7e]*")
+_ESCAPE = re.compile(r"\\(\\|x[0-9a-fA-F]{2})")
+_ECS_TYPE = {"added": "creation", "removed": "deletion", "unreadable": "info"}
+FINDING_BITS = {"added": 1, "removed": 2, "modified": 4, "metadata": 4, "corrupted": 4, "unreadable": 8}
+KINDS = ("added", "removed", "modified", "metadata", "corrupted", "unreadable")
+
+
+def escape_path(path: bytes) -> str:
+    r"""Text form of a path: ``\\`` for a backslash, ``\xHH`` for each byte that is not
+    valid UTF-8 or belongs to a control character (C0, DEL, C1); everything else as is.
+    """
+    if _PLAIN.fullmatch(path):
+        return path.decode("ascii")
+    out = []
+    for ch in path.decode("utf-8", "surrogateescape"):
+        o = ord(ch)
+        if ch == "\\":
+            out.append("\\\\")
+        elif 0xDC80 <= o <= 0xDCFF:  # an undecodable byte, kept by surrogateescape
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif o < 0x20 or 0x7F <= o <= 0x9F:
+            out.extend(f"\\x{b:02x}" for b in ch.encode("utf-8"))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def unescape_path(text: str) -> bytes:
+    """Inverse of ``escape_path``."""
+    out = bytearray()
+    pos = 0
+    for m in _ESCAPE.finditer(text):
+        out += text[pos : m.start()].encode("utf-8")
+        tok = m.group(1)
+        out += b"\\" if tok == "\\" else bytes([int(tok[1:], 16)])
+        pos = m.end()
+    out += text[pos:].encode("utf-8")
+    return bytes(out)
+
+
+def iso(ns: int) -> str:
+    """Nanosecond timestamp as ISO 8601 UTC, keeping every digit."""
+    seconds, frac = divmod(ns, 1_000_000_000)
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{frac:09d}Z"
+
+
+def file_fields(s: FileState) -> dict[str, Any]:
+    """ECS ``file.*`` fields for a state."""
+    d: dict[str, Any] = {"path": escape_path(s.path), "name": escape_path(os.path.basename(s.path))}
+    if s.type in ("missing", "unknown"):
+        return d
+    d |= {
+        "type": s.type,
+        "size": s.size,
+        "mtime": iso(s.mtime_ns),
+        "ctime": iso(s.ctime_ns),
+        "inode": str(s.inode),
+        "mode": f"{s.mode:04o}",
+        "uid": str(s.uid),
+        "gid": str(s.gid),
+    }
+    if s.sha256 is not None:
+        d["hash"] = {"sha256": s.sha256.hex()}
+    if s.target is not None:
+        d["target_path"] = escape_path(s.target)
+    return d
+
+
+def event(f: Finding, command: str) -> dict[str, Any]:
+    """One finding as an ECS event: ``file`` is now, ``baseline`` is what was recorded."""
+    d: dict[str, Any] = {
+        "@timestamp": iso(time.time_ns()),
+        "event": {
+            "kind": "event",
+            "module": "integrityd",
+            "dataset": f"integrityd.{command}",
+            "category": ["file"],
+            "type": [_ECS_TYPE.get(f.action, "change")],
+            "action": f.action,
+        },
+        "file": file_fields(f.new) if f.new is not None else {"path": escape_path(f.path)},
+    }
+    if f.old is not None:
+        d["baseline"] = file_fields(f.old)
+    if f.changes:
+        d["changes"] = list(f.changes)
+    if f.new is not None and f.new.error_type is not None:
+        d["error"] = {"type": f.new.error_type, "message": f.new.error}
+    return d
+
+
+def summary_event(s: Summary) -> dict[str, Any]:
+    """The final JSON line of a run."""
+    return {
+        "@timestamp": iso(time.time_ns()),
+        "event": {"kind": "metric", "module": "integrityd", "dataset": f"integrityd.{s.command}",
+                  "action": "summary"},
+        "summary": {
+            "command": s.command,
+            "files": s.files,
+            "bytes": s.bytes,
+            "seconds": round(s.seconds, 3),
+            **{k: s.counts.get(k, 0) for k in KINDS},
+            "unverified": s.unverified,
+            "exit_code": s.status,
+        },
+    }
+
+
+def _get(d: dict[str, Any], dotted: str) -> str:
+    value: Any = d
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return "-" if value is None else str(value)
+
+
+def text_lines(ev: dict[str, Any]) -> list[str]:
+    """A finding for people: the action and path, then each change as old → new."""
+    action = ev["event"]["action"]
+    lines = [f"{action:<11}{ev['file']['path']}"]
+    for name in ev.get("changes", ()):
+        old, new = _get(ev.get("baseline", {}), name), _get(ev["file"], name)
+        if name == "hash.sha256":
+            name = "sha256"
+        lines.append(f"{'':13}{name:<8} {old} → {new}")
+    if "error" in ev:
+        lines.append(f"{'':13}{ev['error']['type']}: {ev['error']['message']}")
+    return lines
+
+
+def human_bytes(n: float) -> str:
+    """1536 → '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def summary_text(s: Summary) -> str:
+    """The closing lines of the text report."""
+    rate = s.files / s.seconds if s.seconds > 0 else 0.0
+    head = (
+        f"integrityd {s.command}: {s.files:,} files, {human_bytes(s.bytes)} "
+        f"in {s.seconds:.2f} s ({rate:,.0f} files/s)"
+    )
+    counts = ", ".join(f"{k} {s.counts.get(k, 0)}" for k in KINDS)
+    tail = [head, f"  {counts}"]
+    if s.unverified:
+        tail.append(f"  {s.unverified:,} baselined files below unreadable directories were not verified")
+    differences = sum(s.counts.get(k, 0) for k in KINDS[:5])
+    if s.command == "check":
+        tail.append("  all files match the baseline" if not differences and not s.status
+                    else f"  {differences:,} differences (exit code {s.status})")
+    elif s.command == "accept":
+        tail.append(f"  {differences:,} changes accepted into the baseline")
+    return "\n".join(tail) + "\n"
+
+
+class Progress:
+    """A one-line progress display on a terminal: files, bytes, rate and ETA."""
+
+    def __init__(self, stream: TextIO | None, verb: str) -> None:
+        self._stream = stream
+        self._verb = verb
+        self._start = time.monotonic()
+        self._last = 0.0
+        self._total: int | None = None
+        self._total_bytes = 0
+
+    def walked(self, files: int, nbytes: int, done: bool) -> None:
+        """Record how much the walk found; totals are final once ``done``."""
+        self._total_bytes = nbytes
+        if done:
+            self._total = files
+
+    def update(self, files: int, nbytes: int) -> None:
+        """Redraw at most five times a second."""
+        now = time.monotonic()
+        if self._stream is None or now - self._last < 0.2:
+            return
+        self._last = now
+        elapsed = now - self._start
+        rate = nbytes / elapsed if elapsed else 0.0
+        line = f"{self._verb}: {files:,} files, {human_bytes(nbytes)}, {human_bytes(rate)}/s"
+        if self._total:
+            line = f"{self._verb}: {files:,}/{self._total:,} files, {human_bytes(nbytes)}, {human_bytes(rate)}/s"
+            if rate and self._total_bytes > nbytes:
+                eta = int((self._total_bytes - nbytes) / rate)
+                line += f", ETA {eta // 60}:{eta % 60:02d}"
+        self._stream.write("\r\x1b[K" + line)
+        self._stream.flush()
+
+    def close(self) -> None:
+        """Erase the line so the report starts on a clean one."""
+        if self._stream is not None and self._last:
+            self._stream.write("\r\x1b[K")
+            self._stream.flush()

@@ -1,0 +1,154 @@
+"""Shared helpers: run the real CLI, read its JSON events, watch real processes."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+DROP_DAC = (
+    "setpriv",
+    "--inh-caps=-dac_override,-dac_read_search",
+    "--bounding-set=-dac_override,-dac_read_search",
+)
+"""Run as root but without the capabilities that let root read any file."""
+
+
+def integrityd(
+    *args: object, prefix: tuple[str, ...] = (), timeout: float = 120, **kw: Any
+) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI as a subprocess and capture its output."""
+    cmd = [*prefix, sys.executable, "-m", "integrityd", *(os.fsdecode(a) for a in map(str, args))]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, **kw)
+
+
+def start(*args: object) -> subprocess.Popen[str]:
+    """Start the real CLI in the background."""
+    cmd = [sys.executable, "-m", "integrityd", *map(str, args)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def events(r: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
+    """Every JSON line on stdout."""
+    return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+
+
+def findings(r: subprocess.CompletedProcess[str]) -> list[tuple[str, str]]:
+    """(action, path) of each finding, in report order."""
+    return [(e["event"]["action"], e["file"]["path"]) for e in events(r) if "file" in e]
+
+
+def summary(r: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """The closing summary object."""
+    last = events(r)[-1]
+    assert last["event"]["action"] == "summary", r.stdout
+    return dict(last["summary"])
+
+
+def log_lines(r: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
+    """stderr parsed as JSON lines (it is not a terminal in tests)."""
+    return [json.loads(line) for line in r.stderr.splitlines() if line.strip()]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    """Poll until ``predicate`` returns something truthy, or fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.005)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        tree.setdefault(int(fields[1]), []).append(int(entry))
+    return tree
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid``."""
+    tree = _children()
+    out: set[int] = set()
+    stack = [pid]
+    while stack:
+        for child in tree.get(stack.pop(), []):
+            out.add(child)
+            stack.append(child)
+    return out
+
+
+def alive(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def holder_of(path: Path, pids: set[int]) -> int | None:
+    """The process among ``pids`` that has ``path`` open."""
+    target = str(path)
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
+                    return pid
+            except OSError:
+                continue
+    return None
+
+
+def sparse(path: Path, size: int) -> Path:
+    """A file that takes real time to hash but no disk space."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _no_child_leaks() -> Iterator[None]:
+    """No test may leave multiprocessing children of the test process behind."""
+    before = set(multiprocessing.active_children())
+    yield
+    assert set(multiprocessing.active_children()) <= before
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """A small tree with files at two depths."""
+    root = tmp_path / "tree"
+    (root / "sub" / "deep").mkdir(parents=True)
+    (root / "a.txt").write_text("alpha\n")
+    (root / "b.bin").write_bytes(os.urandom(70_000))
+    (root / "sub" / "c.txt").write_text("gamma\n")
+    (root / "sub" / "deep" / "d.txt").write_text("delta\n")
+    return root
+
+
+@pytest.fixture
+def manifest(tmp_path: Path) -> Path:
+    """Where the test's manifest lives (outside the tree)."""
+    return tmp_path / "state" / "manifest.db"

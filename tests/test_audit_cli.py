@@ -1,0 +1,272 @@
+"""init / check / accept end to end: the real CLI, real processes, real trees."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+from integrityd.errors import ExitCode
+from integrityd.manifest import ManifestStore
+from integrityd.report import unescape_path
+
+from .conftest import DROP_DAC, events, findings, integrityd, log_lines, summary
+
+
+def init(manifest: Path, *paths: object, **kw: object) -> None:
+    r = integrityd("init", "-m", manifest, "--json", *paths, **kw)  # type: ignore[arg-type]
+    assert r.returncode == 0, r.stderr
+
+
+def check(manifest: Path, *args: object, **kw: object) -> subprocess.CompletedProcess[str]:
+    return integrityd("check", "-m", manifest, "--json", *args, **kw)  # type: ignore[arg-type]
+
+
+def test_clean_check_exits_zero(tree: Path, manifest: Path) -> None:
+    """A tree checked right after init matches: exit 0, no findings, every entry counted."""
+    init(manifest, tree)
+    r = check(manifest)
+    assert r.returncode == 0, r.stderr
+    assert findings(r) == []
+    s = summary(r)
+    assert (s["files"], s["exit_code"]) == (7, 0)  # 4 files, 3 directories (root included)
+
+
+def test_manifest_digests_match_sha256sum(tree: Path, manifest: Path) -> None:
+    """The baseline's digests are exactly what sha256sum and hashlib compute."""
+    init(manifest, tree)
+    files = sorted(p for p in tree.rglob("*") if p.is_file())
+    out = subprocess.run(["sha256sum", *map(str, files)], capture_output=True, text=True, check=True)
+    expected = {line.split("  ", 1)[1]: line.split("  ", 1)[0] for line in out.stdout.splitlines()}
+    with ManifestStore.open(os.fsencode(manifest), "read") as store:
+        for f in files:
+            entry = store.lookup(os.fsencode(f))
+            assert entry is not None
+            assert entry.sha256 is not None
+            assert entry.sha256.hex() == expected[str(f)] == hashlib.sha256(f.read_bytes()).hexdigest()
+
+
+def test_each_kind_and_exit_bit(tree: Path, manifest: Path) -> None:
+    """Added, removed, modified, metadata and corrupted each appear once; bits OR to 7."""
+    init(manifest, tree)
+    (tree / "new.txt").write_text("new\n")
+    (tree / "sub" / "c.txt").unlink()
+    (tree / "a.txt").write_text("alpha, edited\n")
+    os.chmod(tree / "sub" / "deep" / "d.txt", 0o600)
+    victim = tree / "b.bin"
+    st = victim.stat()
+    data = bytearray(victim.read_bytes())
+    data[65_536] ^= 0xFF  # flip every bit of one byte: a fixed value could be a no-op
+    victim.write_bytes(data)
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    r = check(manifest)
+    assert r.returncode == ExitCode.ADDED | ExitCode.REMOVED | ExitCode.CHANGED, r.stderr
+    assert sorted(findings(r)) == sorted([
+        ("added", f"{tree}/new.txt"),
+        ("removed", f"{tree}/sub/c.txt"),
+        ("modified", f"{tree}/a.txt"),
+        ("metadata", f"{tree}/sub/deep/d.txt"),
+        ("corrupted", f"{tree}/b.bin"),
+    ])
+    by_path = {e["file"]["path"]: e for e in events(r) if "file" in e}
+    corrupted = by_path[f"{tree}/b.bin"]
+    assert corrupted["changes"] == ["hash.sha256"]
+    assert corrupted["file"]["hash"]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert corrupted["baseline"]["size"] == corrupted["file"]["size"] == 70_000
+    meta = by_path[f"{tree}/sub/deep/d.txt"]
+    assert (meta["changes"], meta["baseline"]["mode"], meta["file"]["mode"]) == (["mode"], "0644", "0600")
+    assert by_path[f"{tree}/new.txt"]["file"]["hash"]["sha256"] == hashlib.sha256(b"new\n").hexdigest()
+    assert by_path[f"{tree}/sub/c.txt"]["baseline"]["hash"]["sha256"] == hashlib.sha256(b"gamma\n").hexdigest()
+    s = summary(r)
+    assert (s["added"], s["removed"], s["modified"], s["metadata"], s["corrupted"]) == (1, 1, 1, 1, 1)
+
+
+def test_single_bits(tree: Path, manifest: Path) -> None:
+    """Each kind alone sets only its own bit."""
+    init(manifest, tree)
+    (tree / "x").write_text("x")
+    assert check(manifest).returncode == ExitCode.ADDED
+    (tree / "x").unlink()
+    (tree / "a.txt").unlink()
+    assert check(manifest).returncode == ExitCode.REMOVED
+    init(manifest, tree)
+    os.chmod(tree / "b.bin", 0o755)
+    assert check(manifest).returncode == ExitCode.CHANGED
+
+
+def test_accept_paths_then_all(tree: Path, manifest: Path) -> None:
+    """accept PATH re-baselines only below PATH; accept --all the rest; then check is clean."""
+    init(manifest, tree)
+    (tree / "a.txt").write_text("changed\n")
+    (tree / "sub" / "c.txt").write_text("changed too\n")
+    r = integrityd("accept", "-m", manifest, "--json", tree / "sub")
+    assert r.returncode == 0, r.stderr
+    assert findings(r) == [("modified", f"{tree}/sub/c.txt")]
+    assert findings(check(manifest)) == [("modified", f"{tree}/a.txt")]
+    assert integrityd("accept", "-m", manifest, "--all").returncode == 0
+    assert check(manifest).returncode == 0
+
+
+def test_text_report_is_readable(tree: Path, manifest: Path) -> None:
+    """Without --json the report lists each difference with old → new, then the counts."""
+    init(manifest, tree)
+    (tree / "a.txt").write_text("alpha!\n")
+    r = integrityd("check", "-m", manifest)
+    assert r.returncode == ExitCode.CHANGED
+    lines = r.stdout.splitlines()
+    assert lines[0] == f"modified   {tree}/a.txt"
+    old, new = hashlib.sha256(b"alpha\n").hexdigest(), hashlib.sha256(b"alpha!\n").hexdigest()
+    assert f"sha256   {old} → {new}" in lines[1]
+    assert "size     6 → 7" in lines[2]
+    assert "added 0, removed 0, modified 1, metadata 0, corrupted 0, unreadable 0" in r.stdout
+
+
+def test_special_files_fifo_symlinks(tree: Path, manifest: Path) -> None:
+    """FIFOs never hang a run; dangling and looping symlinks are recorded by target."""
+    os.mkfifo(tree / "pipe")
+    (tree / "dangling").symlink_to("/nowhere")
+    (tree / "loop1").symlink_to("loop2")
+    (tree / "loop2").symlink_to("loop1")
+    init(manifest, tree)
+    assert check(manifest, timeout=30).returncode == 0
+    (tree / "dangling").unlink()
+    (tree / "dangling").symlink_to("/elsewhere")
+    os.chmod(tree / "pipe", 0o600)
+    r = check(manifest, timeout=30)
+    assert r.returncode == ExitCode.CHANGED
+    by_path = {e["file"]["path"]: e for e in events(r) if "file" in e}
+    assert by_path[f"{tree}/dangling"]["changes"] == ["target_path"]
+    assert by_path[f"{tree}/dangling"]["file"]["target_path"] == "/elsewhere"
+    assert by_path[f"{tree}/pipe"]["changes"] == ["mode"]
+    assert by_path[f"{tree}/pipe"]["file"]["type"] == "fifo"
+    (tree / "pipe").unlink()
+    (tree / "pipe").write_text("now a file")
+    r = check(manifest)
+    [pipe] = [e for e in events(r) if "file" in e and e["file"]["path"] == f"{tree}/pipe"]
+    assert (pipe["event"]["action"], pipe["changes"][0]) == ("metadata", "type")
+    assert (pipe["baseline"]["type"], pipe["file"]["type"]) == ("fifo", "file")
+
+
+def test_odd_names_are_escaped_reversibly(tree: Path, manifest: Path) -> None:
+    """Non-UTF-8 bytes and newlines in names come out escaped, valid JSON, and reversible."""
+    init(manifest, tree)
+    odd = [b"\xff\xfe latin1 \xe9", b"new\nline", b"back\\slash", b"tab\there"]
+    for name in odd:
+        with open(os.fsencode(tree) + b"/" + name, "wb") as f:
+            f.write(name)
+    r = check(manifest)
+    assert r.returncode == ExitCode.ADDED
+    got = sorted(unescape_path(e["file"]["path"]) for e in events(r) if "file" in e)
+    assert got == sorted(os.fsencode(tree) + b"/" + n for n in odd)
+    assert all("\n" not in e["file"]["path"] for e in events(r) if "file" in e)
+    assert integrityd("accept", "-m", manifest, "--all").returncode == 0
+    assert check(manifest).returncode == 0
+
+
+def test_unreadable_file_sets_incomplete(tree: Path, manifest: Path) -> None:
+    """A file this user cannot read is an 'unreadable' finding with bit 8, in init and check."""
+    secret = tree / "secret"
+    secret.write_text("s")
+    secret.chmod(0)
+    r = integrityd("init", "-m", manifest, "--json", tree, prefix=DROP_DAC)
+    assert r.returncode == ExitCode.INCOMPLETE, r.stderr
+    assert findings(r) == [("unreadable", str(secret))]
+    r = integrityd("check", "-m", manifest, "--json", prefix=DROP_DAC)
+    assert r.returncode == ExitCode.INCOMPLETE, r.stderr
+    [e] = [e for e in events(r) if "file" in e]
+    assert (e["event"]["action"], e["error"]["type"]) == ("unreadable", "permission")
+    assert "Permission denied" in e["error"]["message"]
+
+
+def test_unreadable_directory_is_not_reported_as_removed(tree: Path, manifest: Path) -> None:
+    """Files below a directory that cannot be listed are unverified, never 'removed'."""
+    init(manifest, tree)
+    (tree / "sub").chmod(0)
+    try:
+        r = integrityd("check", "-m", manifest, "--json", prefix=DROP_DAC)
+    finally:
+        (tree / "sub").chmod(0o755)
+    # chmod 0 is itself a mode change, reported beside the unreadable directory.
+    assert r.returncode == ExitCode.INCOMPLETE | ExitCode.CHANGED, r.stderr
+    assert sorted(findings(r)) == [("metadata", f"{tree}/sub"), ("unreadable", f"{tree}/sub")]
+    assert summary(r)["unverified"] == 3  # sub/c.txt, sub/deep, sub/deep/d.txt
+
+
+def test_file_changing_while_read(tmp_path: Path, manifest: Path) -> None:
+    """A file that keeps changing during the read is reported, not given a bogus digest."""
+    root = tmp_path / "tree"
+    root.mkdir()
+    log = root / "busy.log"
+    log.write_bytes(os.urandom(64 << 20))
+    init(manifest, root)
+    stop = threading.Event()
+
+    def append() -> None:
+        with open(log, "ab", buffering=0) as f:
+            while not stop.is_set():
+                f.write(b"x")
+
+    writer = threading.Thread(target=append)
+    writer.start()
+    try:
+        r = check(manifest, "-j", "1")
+    finally:
+        stop.set()
+        writer.join()
+    assert r.returncode & ExitCode.INCOMPLETE, r.stdout
+    [e] = [e for e in events(r) if "file" in e]
+    assert (e["event"]["action"], e["error"]["type"]) == ("unreadable", "changing")
+
+
+def test_excludes_and_manifest_inside_root(tmp_path: Path) -> None:
+    """Excluded paths and the manifest's own files are never reported."""
+    root = tmp_path / "tree"
+    (root / "cache").mkdir(parents=True)
+    (root / "keep.txt").write_text("k")
+    (root / "x.swp").write_text("s")
+    cfg = tmp_path / "c.yaml"
+    manifest = root / "state" / "m.db"
+    cfg.write_text(f"manifest: {manifest}\nroots:\n  - path: {root}\n    exclude: ['*.swp', /cache/]\n")
+    r = integrityd("init", "-c", cfg)
+    assert r.returncode == 0, r.stderr
+    (root / "cache" / "junk").write_text("j")
+    (root / "y.swp").write_text("s")
+    (root / "keep.txt").write_text("changed")
+    for args in (("-c", cfg), ("-m", manifest)):  # without the config, the stored excludes apply
+        r = integrityd("check", "--json", *args)
+        assert findings(r) == [("modified", f"{root}/keep.txt")], r.stdout
+
+
+def test_fatal_errors_have_codes_and_one_line(tmp_path: Path, tree: Path, manifest: Path) -> None:
+    """Missing manifest 18, unknown path 18, missing root 21, usage 16: one line, no traceback."""
+    cases = [
+        (("check", "-m", manifest), 18, "does not exist"),
+        (("accept", "-m", manifest), 16, "either --all or the PATHs"),
+        (("init", "-m", manifest), 16, "init needs PATHs"),
+        (("init", "-m", manifest, tmp_path / "nope"), 21, "does not exist"),
+        (("frobnicate",), 16, "invalid choice"),
+    ]
+    for args, code, text in cases:
+        r = integrityd(*args)
+        assert r.returncode == code, (args, r.stderr)
+        [line] = log_lines(r)
+        assert text in line["message"]
+        assert "Traceback" not in r.stderr
+    init(manifest, tree)
+    r = check(manifest, tmp_path)
+    assert r.returncode == 18
+    assert "has no baseline" in r.stderr
+    shutil.rmtree(tree)
+    r = check(manifest)
+    assert r.returncode == 21
+    assert "is the filesystem mounted?" in r.stderr
+
+
+def test_manifest_parent_directories_are_created(tmp_path: Path, tree: Path) -> None:
+    """-m with missing parent directories creates them on init."""
+    m = tmp_path / "a" / "b" / "c" / "m.db"
+    init(m, tree)
+    assert m.is_file()

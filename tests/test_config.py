@@ -1,0 +1,123 @@
+"""Config loading: valid files become frozen dataclasses; mistakes name file, line and key."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from integrityd.config import DEFAULT_CHECK, Config, LogConfig, RootConfig, load
+from integrityd.errors import ConfigError
+
+from .conftest import integrityd
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str) -> str:
+    p = tmp_path / "cfg.yaml"
+    p.write_text(text)
+    return str(p)
+
+
+def test_full_config_loads(tmp_path: Path) -> None:
+    """Every key is read into the matching dataclass field, with sizes and 'auto' understood."""
+    path = write(
+        tmp_path,
+        "manifest: /var/lib/x/m.db\n"
+        "workers: 3\n"
+        "chunk_size: 256KiB\n"
+        "report: json\n"
+        "log: {format: json, level: debug}\n"
+        "roots:\n"
+        "  - path: /etc\n"
+        "    exclude: ['*.swp', /mtab]\n"
+        "    check: [content, mode]\n"
+        "    one_filesystem: false\n"
+        "  - path: /usr\n",
+    )
+    assert load(path) == Config(
+        manifest=b"/var/lib/x/m.db",
+        workers=3,
+        chunk_size=256 * 1024,
+        report="json",
+        log=LogConfig(format="json", level="debug"),
+        roots=(
+            RootConfig(path=b"/etc", exclude=("*.swp", "/mtab"), check=("content", "mode"),
+                       one_filesystem=False),
+            RootConfig(path=b"/usr", check=DEFAULT_CHECK),
+        ),
+    )
+
+
+def test_empty_file_gives_defaults(tmp_path: Path) -> None:
+    """An empty config is valid and means all defaults; workers 'auto' is 0."""
+    assert load(write(tmp_path, "")) == Config()
+    assert load(write(tmp_path, "workers: auto\n")).workers == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("worker: 2\n", ":1: worker: unknown key"),
+        ("workers: many\n", ":1: workers: expected 'auto' or a number >= 1, got 'many'"),
+        ("workers: 0\n", ":1: workers: expected 'auto' or a number >= 1"),
+        ("chunk_size: 1KiB\n", ":1: chunk_size: must be between 4KiB and 256MiB"),
+        ("chunk_size: huge\n", ":1: chunk_size: expected a size"),
+        ("roots:\n  - path: /etc\n  - exclude: [a]\n", ":3: roots[1]: missing required key 'path'"),
+        ("roots:\n  - path: etc\n", ":2: roots[0].path: must be an absolute path"),
+        ("roots:\n  - path: /etc\n    exclude: '*.swp'\n", ":3: roots[0].exclude: expected a list"),
+        ("roots:\n  - path: /etc\n    check: [content, colour]\n", ":3: roots[0].check: unknown attribute 'colour'"),
+        ("roots:\n  - path: /etc\n    one_filesystem: maybe\n", ":3: roots[0].one_filesystem: expected true or false"),
+        ("log:\n  level: loud\n", ":2: log.level: must be one of"),
+        ("log:\n  format: xml\n", ":2: log.format: must be auto, json or console"),
+        ("report: html\n", ":1: report: must be text or json"),
+        ("roots: [\n", ": invalid YAML"),
+        ("workers: 1\nworkers: 2\n", ":2: workers: duplicate key"),
+        ("- a\n- b\n", ":1: : expected a mapping"),
+    ],
+)
+def test_mistakes_name_file_line_and_key(tmp_path: Path, text: str, expected: str) -> None:
+    """Each kind of mistake is a ConfigError whose message starts with file:line: key."""
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    message = str(info.value)
+    assert message.startswith(path), message
+    assert expected in message, message
+
+
+def test_config_check_cli_on_example() -> None:
+    """The shipped example config passes `integrityd config check`."""
+    r = integrityd("config", "check", REPO / "config" / "integrityd.yaml")
+    assert r.returncode == 0, r.stderr
+    assert "ok" in r.stdout
+
+
+def test_config_check_cli_reports_error_in_one_line(tmp_path: Path) -> None:
+    """A bad config exits 17 with one JSON log line on stderr naming file, line and key."""
+    path = write(tmp_path, "roots:\n  - path: /etc\n    excludes: []\n")
+    r = integrityd("config", "check", path)
+    assert r.returncode == 17
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert f"{path}:3: roots[0].excludes: unknown key" in lines[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    """A config that does not exist is a config error, not a traceback."""
+    r = integrityd("check", "-c", tmp_path / "nope.yaml")
+    assert r.returncode == 17
+    assert "cannot read config" in r.stderr
+
+
+def test_config_is_picklable_and_frozen() -> None:
+    """Config can be sent to child processes and cannot be changed after loading."""
+    import pickle  # noqa: PLC0415
+
+    cfg = Config(roots=(RootConfig(path=os.fsencode("/etc")),))
+    assert pickle.loads(pickle.dumps(cfg)) == cfg
+    with pytest.raises(AttributeError):
+        cfg.workers = 3  # type: ignore[misc]

@@ -1,0 +1,43 @@
+"""Every message that crosses a process boundary survives pickling unchanged."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from integrityd.config import RootConfig
+from integrityd.events import (
+    DirUnreadable,
+    Failed,
+    FileState,
+    Finding,
+    Finish,
+    Job,
+    Ready,
+    Scope,
+    Summary,
+    WalkProgress,
+)
+
+STATE = FileState(b"/r/\xff", "file", 1, 2, 3, 4, 0o644, 5, 6, b"\x00" * 32, None)
+
+MESSAGES = [
+    STATE,
+    [STATE, STATE._replace(error_type="io", error="EIO")],
+    DirUnreadable(b"/r/d", "PermissionError"),
+    WalkProgress(10, 1000, done=True),
+    Finish(),
+    Ready(),
+    Failed("ManifestLocked", "locked", 20),
+    Summary(command="check", files=1, bytes=2, seconds=0.5, counts={"added": 1}, unverified=0, status=1),
+    Finding("modified", b"/r/f", STATE, STATE, ("hash.sha256",)),
+    Job(command="init", manifest=b"/m.db", scopes=(Scope(RootConfig(path=b"/r"), b"/r"),),
+        skip=frozenset({b"/m.db"}), json=True, progress=False),
+]
+
+
+@pytest.mark.parametrize("msg", MESSAGES, ids=lambda m: type(m).__name__)
+def test_pickle_round_trip(msg: object) -> None:
+    """Pickling and unpickling gives an equal object."""
+    assert pickle.loads(pickle.dumps(msg)) == msg

@@ -1,0 +1,78 @@
+"""hash worker logic on real files: digests match hashlib; special files are never opened."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from integrityd.events import HINT_FILE, HINT_OTHER
+from integrityd.hashing import Hasher
+
+CHUNK = 4096
+
+
+@pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 7])
+def test_digest_matches_hashlib_at_chunk_boundaries(tmp_path: Path, size: int) -> None:
+    """Sizes around the chunk size hash exactly like hashlib over the whole content."""
+    data = os.urandom(size)
+    f = tmp_path / "f"
+    f.write_bytes(data)
+    s = Hasher(CHUNK).state(os.fsencode(f), HINT_FILE)
+    assert s.sha256 == hashlib.sha256(data).digest()
+    assert (s.type, s.size, s.error_type) == ("file", size, None)
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.binary(max_size=5 * CHUNK))
+def test_digest_property(tmp_path_factory: pytest.TempPathFactory, data: bytes) -> None:
+    """For any content the worker's digest equals hashlib's."""
+    f = tmp_path_factory.mktemp("h") / "f"
+    f.write_bytes(data)
+    assert Hasher(CHUNK).state(os.fsencode(f), HINT_FILE).sha256 == hashlib.sha256(data).digest()
+
+
+def test_fifo_is_not_opened_even_if_hinted_as_file(tmp_path: Path) -> None:
+    """A FIFO swapped in for a file is recorded by type and never blocks the worker."""
+    fifo = tmp_path / "p"
+    os.mkfifo(fifo)
+    s = Hasher(CHUNK).state(os.fsencode(fifo), HINT_FILE)
+    assert (s.type, s.sha256, s.error_type) == ("fifo", None, None)
+
+
+def test_socket_and_symlinks(tmp_path: Path) -> None:
+    """Sockets by type; symlinks (dangling, looping) by target, never followed."""
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "s"))
+    sock.close()
+    (tmp_path / "dangling").symlink_to("/does/not/exist")
+    (tmp_path / "l1").symlink_to("l2")
+    (tmp_path / "l2").symlink_to("l1")
+    h = Hasher(CHUNK)
+    assert h.state(os.fsencode(tmp_path / "s"), HINT_OTHER).type == "socket"
+    d = h.state(os.fsencode(tmp_path / "dangling"), HINT_OTHER)
+    assert (d.type, d.target) == ("symlink", b"/does/not/exist")
+    # Hinted as a file (it changed since the walk): O_NOFOLLOW refuses, lstat describes it.
+    loop = h.state(os.fsencode(tmp_path / "l1"), HINT_FILE)
+    assert (loop.type, loop.target, loop.error_type) == ("symlink", b"l2", None)
+
+
+def test_vanished_file_is_missing(tmp_path: Path) -> None:
+    """A file removed between walk and hash is reported as missing, not as an error."""
+    s = Hasher(CHUNK).state(os.fsencode(tmp_path / "gone"), HINT_FILE)
+    assert (s.type, s.error_type) == ("missing", None)
+
+
+def test_unreadable_file_becomes_data(tmp_path: Path) -> None:
+    """An open() failure becomes an error_type on the state, never an exception."""
+    s = Hasher(CHUNK).state(os.fsencode(tmp_path / "dir" / "x"), HINT_FILE)
+    assert s.type == "missing"
+    d = tmp_path / "notadir"
+    d.write_text("x")
+    s = Hasher(CHUNK).state(os.fsencode(d / "child"), HINT_FILE)
+    assert (s.error_type, s.error) == ("os", "NotADirectoryError: Not a directory")

@@ -1,0 +1,55 @@
+"""Path escaping is unambiguous and reversible; events are valid ECS-shaped JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from integrityd.events import FileState, Finding
+from integrityd.report import escape_path, event, unescape_path
+
+
+@pytest.mark.parametrize(
+    ("raw", "text"),
+    [
+        (b"/etc/passwd", "/etc/passwd"),
+        (b"/a b/\xc3\xa9t\xc3\xa9", "/a b/été"),
+        (b"/bad/\xff\xfe", "/bad/\\xff\\xfe"),
+        (b"/nl/a\nb", "/nl/a\\x0ab"),
+        (b"/esc/\x1b[31m", "/esc/\\x1b[31m"),
+        (b"/back\\slash", "/back\\\\slash"),
+        (b"/lit/\\x41", "/lit/\\\\x41"),
+        (b"/c1/\xc2\x85", "/c1/\\xc2\\x85"),
+    ],
+)
+def test_escape_table(raw: bytes, text: str) -> None:
+    """Known names escape to the documented text form and back."""
+    assert escape_path(raw) == text
+    assert unescape_path(text) == raw
+
+
+@given(st.binary(min_size=1).filter(lambda b: b"\x00" not in b))
+def test_escape_round_trip(raw: bytes) -> None:
+    """Any name comes back byte for byte, and the text has no control characters."""
+    text = escape_path(raw)
+    assert unescape_path(text) == raw
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in text)
+    json.loads(json.dumps({"p": text}, ensure_ascii=False))
+
+
+def test_event_fields_are_ecs() -> None:
+    """A content change carries ECS fields now and under 'baseline', and what changed."""
+    old = FileState(b"/r/f", "file", 3, 10**18, 10**18, 9, 0o644, 0, 0, b"\x01" * 32, None)
+    new = old._replace(sha256=b"\x02" * 32, size=4)
+    e = event(Finding("modified", b"/r/f", old, new, ("hash.sha256", "size")), "check")
+    assert e["event"]["action"] == "modified"
+    assert e["event"]["category"] == ["file"]
+    assert e["file"]["hash"]["sha256"] == "02" * 32
+    assert e["baseline"]["hash"]["sha256"] == "01" * 32
+    assert (e["file"]["size"], e["baseline"]["size"]) == (4, 3)
+    assert e["file"]["mode"] == "0644"
+    assert e["file"]["mtime"] == "2001-09-09T01:46:40.000000000Z"
+    assert e["changes"] == ["hash.sha256", "size"]

@@ -142,7 +142,8 @@ class _Collector:
                     device = None
                 self.store.put_root(scope.root, device or 0)
             self.removed(scope.start)
-        self.store.drop_gone()
+        if self.store.writable:
+            self.store.drop_gone()
         status = 0
         for kind, n in self.counts.items():
             if n:

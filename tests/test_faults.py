@@ -1,0 +1,208 @@
+"""Faults: killed workers, signals, concurrent writers and damaged manifests lose nothing.
+
+A large sparse file makes a run last long enough to interfere with it at a known point:
+the test waits until a hash worker has that file open, then acts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from integrityd.errors import ExitCode
+
+from .conftest import (
+    alive,
+    descendants,
+    events,
+    findings,
+    holder_of,
+    integrityd,
+    log_lines,
+    sparse,
+    start,
+    summary,
+    wait_for,
+)
+
+BIG = 2 << 30  # 2 GiB of holes: about a second of hashing, no disk space
+
+
+@pytest.fixture
+def slow_tree(tree: Path) -> Path:
+    """The small tree plus one big sparse file."""
+    sparse(tree / "big.img", BIG)
+    return tree
+
+
+def dump(manifest: Path) -> list[tuple[object, ...]]:
+    """The baseline rows, read straight from SQLite."""
+    with sqlite3.connect(manifest) as c:
+        return c.execute("SELECT * FROM files ORDER BY path").fetchall()
+
+
+def hashing_pid(proc: subprocess.Popen[str], big: Path, exclude: frozenset[int] = frozenset()) -> int:
+    """Wait until a worker of ``proc`` has ``big`` open; return its pid."""
+    return int(
+        wait_for(
+            lambda: (pid := holder_of(big, descendants(proc.pid) - exclude)) and pid,
+            timeout=60,
+            what=f"a worker to open {big}",
+        )
+    )
+
+
+def finish(proc: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
+    out, err = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_worker_sigkill_mid_check_requeues_its_batch(slow_tree: Path, manifest: Path) -> None:
+    """A worker killed while hashing is replaced; its files are hashed again, none skipped."""
+    assert integrityd("init", "-m", manifest, slow_tree).returncode == 0
+    proc = start("check", "-m", manifest, "--json", "-j", "2")
+    seen = descendants(proc.pid)
+    os.kill(hashing_pid(proc, slow_tree / "big.img"), signal.SIGKILL)
+    r = finish(proc)
+    assert r.returncode == 0, r.stderr
+    assert findings(r) == []
+    assert summary(r)["files"] == 8
+    assert [line["event"] for line in log_lines(r)] == ["worker_died"]
+    assert not any(alive(p) for p in seen | descendants(proc.pid))
+
+
+def test_worker_killed_twice_reports_incomplete(slow_tree: Path, manifest: Path) -> None:
+    """If the retry dies too, its files are reported unreadable with bit 8, not dropped."""
+    assert integrityd("init", "-m", manifest, slow_tree).returncode == 0
+    big = slow_tree / "big.img"
+    proc = start("check", "-m", manifest, "--json", "-j", "1")
+    first = hashing_pid(proc, big)
+    os.kill(first, signal.SIGKILL)
+    os.kill(hashing_pid(proc, big, exclude=frozenset({first})), signal.SIGKILL)
+    r = finish(proc)
+    assert r.returncode == ExitCode.INCOMPLETE, r.stderr
+    lost = [e for e in events(r) if "file" in e]
+    assert str(big) in {e["file"]["path"] for e in lost}
+    assert {e["error"]["type"] for e in lost} == {"worker_died"}
+
+
+def test_sigint_during_accept_keeps_old_baseline(slow_tree: Path, manifest: Path) -> None:
+    """Ctrl-C in the middle of accept: exit 130, the baseline is exactly as before, no leftovers."""
+    assert integrityd("init", "-m", manifest, slow_tree).returncode == 0
+    before = dump(manifest)
+    (slow_tree / "a.txt").write_text("edited\n")
+    proc = start("accept", "-m", manifest, "--all")
+    worker = hashing_pid(proc, slow_tree / "big.img")
+    seen = descendants(proc.pid) | {worker}
+    proc.send_signal(signal.SIGINT)
+    r = finish(proc)
+    assert r.returncode == 130, r.stderr
+    assert "nothing was changed" in r.stderr
+    assert dump(manifest) == before
+    wait_for(lambda: not any(alive(p) for p in seen), timeout=10, what="children to exit")
+    assert findings(integrityd("check", "-m", manifest, "--json")) == [("modified", f"{slow_tree}/a.txt")]
+
+
+def test_kill_9_during_init_keeps_old_baseline(slow_tree: Path, manifest: Path) -> None:
+    """kill -9 of the main process mid-init leaves the previous baseline and no processes."""
+    assert integrityd("init", "-m", manifest, slow_tree).returncode == 0
+    before = dump(manifest)
+    (slow_tree / "new.txt").write_text("n")
+    proc = start("init", "-m", manifest, slow_tree)
+    hashing_pid(proc, slow_tree / "big.img")
+    seen = descendants(proc.pid)
+    proc.kill()
+    assert finish(proc).returncode == -signal.SIGKILL
+    wait_for(lambda: not any(alive(p) for p in seen), timeout=10, what="orphans to exit")
+    assert dump(manifest) == before
+
+
+def test_second_writer_is_refused_reader_is_not(tree: Path, manifest: Path) -> None:
+    """While another writer holds the manifest, accept fails with 'locked' (20) after a
+    short wait, a check still reads it, and once the lock is gone accept works."""
+    assert integrityd("init", "-m", manifest, tree).returncode == 0
+    (tree / "a.txt").write_text("edited\n")
+    holder = sqlite3.connect(manifest, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # what a running init or accept holds
+    try:
+        other = integrityd("accept", "-m", manifest, "--all")
+        assert other.returncode == 20, other.stderr
+        assert "is locked by another integrityd writer" in other.stderr
+        reader = integrityd("check", "-m", manifest, "--json")
+        assert findings(reader) == [("modified", f"{tree}/a.txt")]
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert integrityd("accept", "-m", manifest, "--all").returncode == 0
+    assert integrityd("check", "-m", manifest).returncode == 0
+
+
+def test_two_real_writers_never_corrupt(slow_tree: Path, manifest: Path) -> None:
+    """Two accepts at once: each exits 0 or 20, and the manifest ends consistent."""
+    assert integrityd("init", "-m", manifest, slow_tree).returncode == 0
+    (slow_tree / "a.txt").write_text("edited\n")
+    first = start("accept", "-m", manifest, "--all")
+    hashing_pid(first, slow_tree / "big.img")
+    second = integrityd("accept", "-m", manifest, "--all")
+    assert finish(first).returncode == 0
+    assert second.returncode in (0, 20), second.stderr
+    with sqlite3.connect(manifest) as c:
+        assert c.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert integrityd("check", "-m", manifest).returncode == 0
+
+
+def test_collector_death_is_fatal_and_clean(slow_tree: Path, manifest: Path) -> None:
+    """If the collector dies, the run stops with exit 19 and a clear message; nothing hangs."""
+    assert integrityd("init", "-m", manifest, slow_tree).returncode == 0
+    proc = start("check", "-m", manifest, "-j", "1")
+    worker = hashing_pid(proc, slow_tree / "big.img")
+    seen = descendants(proc.pid)
+    collector = next(p for p in seen if holder_of(manifest, {p}) and p != worker)
+    os.kill(collector, signal.SIGKILL)
+    r = finish(proc)
+    assert r.returncode == 19, r.stderr
+    assert "collector process ended unexpectedly" in r.stderr
+    assert "Traceback" not in r.stderr
+    wait_for(lambda: not any(alive(p) for p in seen), timeout=10, what="children to exit")
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda b: b"not a database at all" + b[21:], "not an SQLite file"),
+        (lambda b: b[:100] + bytes(x ^ 0xFF for x in b[100:4096]) + b[4096:], "damaged"),
+        (lambda b: b[:1024], "damaged"),
+    ],
+    ids=["not-sqlite", "flipped-header-page", "truncated"],
+)
+def test_damaged_manifest_is_reported_and_untouched(tree: Path, manifest: Path, damage, message) -> None:  # noqa: ANN001
+    """A damaged manifest exits 18 with a message, for check and init alike, and is not rewritten."""
+    assert integrityd("init", "-m", manifest, tree).returncode == 0
+    for suffix in ("-wal", "-shm"):
+        Path(f"{manifest}{suffix}").unlink(missing_ok=True)
+    manifest.write_bytes(damage(manifest.read_bytes()))
+    digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
+    for cmd in ("check", "init"):
+        r = integrityd(cmd, "-m", manifest, tree)
+        assert r.returncode == 18, (cmd, r.stderr)
+        assert message in r.stderr
+        assert "Traceback" not in r.stderr
+    assert hashlib.sha256(manifest.read_bytes()).hexdigest() == digest
+
+
+def test_foreign_sqlite_file_is_not_ours(tree: Path, tmp_path: Path) -> None:
+    """Pointing -m at some other application's SQLite database is refused, file untouched."""
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as c:
+        c.execute("CREATE TABLE t (x)")
+    digest = hashlib.sha256(other.read_bytes()).hexdigest()
+    r = integrityd("init", "-m", other, tree)
+    assert r.returncode == 18
+    assert "is not an integrityd manifest" in r.stderr
+    assert hashlib.sha256(other.read_bytes()).hexdigest() == digest

@@ -2,7 +2,7 @@
 
 Data flow, and the order of shutdown::
 
-    walk (this process) ──> WorkerPool: pipe per worker ──> hasher ×N
+    walk (this process) ──> WorkerPool: pipe per worker ──> hasher xN
                                   │  results, forwarded as raw bytes
                                   v
                             collector process ──> manifest (SQLite) + report on stdout
@@ -76,14 +76,14 @@ def resolve_scopes(
         raise UsageError("init needs PATHs to baseline, or a config (-c) that lists roots")
     else:
         if not stored:
-            raise ManifestError(f"manifest {name} holds no baseline yet; run 'integrityd init' first")
+            raise ManifestError(
+                f"manifest {name} holds no baseline yet; run 'integrityd init' first"
+            )
         scopes = [Scope(r, r.path) for r in stored]
     # A scope inside another one would be scanned twice.
     starts = [s.start for s in scopes]
     unique = {
-        s.start: s
-        for s in scopes
-        if not any(o != s.start and _covers(o, s.start) for o in starts)
+        s.start: s for s in scopes if not any(o != s.start and _covers(o, s.start) for o in starts)
     }
     for s in unique.values():
         if not os.path.lexists(s.start):
@@ -99,9 +99,9 @@ def run(job: Job, cfg: Config) -> Summary:
     try:
         with WorkerPool(
             ctx,
-            cfg.worker_count(),
-            cfg.chunk_size,
-            job.log,
+            count=cfg.worker_count(),
+            chunk_size=cfg.chunk_size,
+            log_cfg=job.log,
             deliver=handle.send_bytes,
             guard=handle.guard,
             on_guard=handle.failed,

@@ -103,8 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     audit_cmd("init", _cmd_init, "baseline PATHs (or the config's roots)").add_argument(
         "paths", nargs="*", metavar="PATH"
     )
-    audit_cmd("check", _cmd_check, "compare PATHs (or every baselined root) with the baseline")\
-        .add_argument("paths", nargs="*", metavar="PATH")
+    audit_cmd(
+        "check", _cmd_check, "compare PATHs (or every baselined root) with the baseline"
+    ).add_argument("paths", nargs="*", metavar="PATH")
     acc = audit_cmd("accept", _cmd_accept, "re-baseline PATHs (or --all) after review")
     acc.add_argument("--all", action="store_true", help="accept every change in every root")
     acc.add_argument("paths", nargs="*", metavar="PATH")
@@ -133,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("interrupted", message=str(e), signal=e.signum)
         return e.code
     except IntegritydError as e:
-        log.error("fatal_error", message=str(e), error_type=type(e).__name__, exit_code=int(e.exit_code))
+        log.error(
+            "fatal_error", message=str(e), error_type=type(e).__name__, exit_code=int(e.exit_code)
+        )
         return int(e.exit_code)
     return code

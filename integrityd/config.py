@@ -16,7 +16,9 @@ import yaml
 
 from integrityd.errors import ConfigError
 
-ATTRIBUTES = frozenset({"content", "type", "mode", "uid", "gid", "target", "mtime", "ctime", "inode"})
+ATTRIBUTES = frozenset(
+    {"content", "type", "mode", "uid", "gid", "target", "mtime", "ctime", "inode"}
+)
 """What can be compared for each file. ``content`` covers the SHA-256 and the size."""
 
 DEFAULT_CHECK: tuple[str, ...] = ("content", "type", "mode", "uid", "gid", "target")
@@ -136,7 +138,9 @@ class _Builder:
             name = self.scalar(knode, key or "key")
             full = f"{key}.{name}" if key else str(name)
             if name not in allowed:
-                raise self.error(knode, full, f"unknown key; expected one of {', '.join(sorted(allowed))}")
+                raise self.error(
+                    knode, full, f"unknown key; expected one of {', '.join(sorted(allowed))}"
+                )
             if name in out:
                 raise self.error(knode, full, "duplicate key")
             out[name] = vnode
@@ -151,7 +155,9 @@ class _Builder:
     def strings(self, node: yaml.Node, key: str) -> tuple[str, ...]:
         if not isinstance(node, yaml.SequenceNode):
             raise self.error(node, key, "expected a list of strings")
-        return tuple(self.typed(n, f"{key}[{i}]", str, "a string") for i, n in enumerate(node.value))
+        return tuple(
+            self.typed(n, f"{key}[{i}]", str, "a string") for i, n in enumerate(node.value)
+        )
 
     def abspath(self, node: yaml.Node, key: str) -> bytes:
         value = self.typed(node, key, str, "a path")
@@ -165,7 +171,9 @@ class _Builder:
             return value
         m = _SIZE.match(str(value))
         if not m:
-            raise self.error(node, key, f"expected a size like 1048576, 256KiB or 1MiB, got {value!r}")
+            raise self.error(
+                node, key, f"expected a size like 1048576, 256KiB or 1MiB, got {value!r}"
+            )
         unit = (m.group(2) or "").upper().rstrip("B").rstrip("I")
         return int(m.group(1)) * _UNITS[unit]
 
@@ -180,7 +188,9 @@ class _Builder:
         if "workers" in m:
             w = self.scalar(m["workers"], "workers")
             if w != "auto" and (not isinstance(w, int) or isinstance(w, bool) or w < 1):
-                raise self.error(m["workers"], "workers", f"expected 'auto' or a number >= 1, got {w!r}")
+                raise self.error(
+                    m["workers"], "workers", f"expected 'auto' or a number >= 1, got {w!r}"
+                )
             values["workers"] = 0 if w == "auto" else w
         if "chunk_size" in m:
             values["chunk_size"] = self.size(m["chunk_size"], "chunk_size")

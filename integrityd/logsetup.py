@@ -41,7 +41,9 @@ def configure(cfg: LogConfig, stream: TextIO | None = None) -> None:
             structlog.processors.dict_tracebacks,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(cfg.level.upper())),
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelName(cfg.level.upper())
+        ),
         logger_factory=structlog.WriteLoggerFactory(out),
         cache_logger_on_first_use=False,
     )

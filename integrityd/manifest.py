@@ -27,9 +27,7 @@ SCHEMA_VERSION = 1
 LOCK_TIMEOUT_S = 3.0
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _COLUMNS = "path, type, size, mtime_ns, ctime_ns, inode, mode, uid, gid, sha256, target"
-_DIFFERS = " OR ".join(
-    f"b.{c} IS NOT f.{c}" for c in _COLUMNS.split(", ")[1:]
-)
+_DIFFERS = " OR ".join(f"b.{c} IS NOT f.{c}" for c in _COLUMNS.split(", ")[1:])
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -179,7 +177,8 @@ class ManifestStore:
         options = {k: v for k, v in asdict(root).items() if k != "path"}
         self._conn.execute(
             "INSERT INTO roots VALUES (?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET "
-            "options = excluded.options, device = excluded.device, updated_ns = excluded.updated_ns",
+            "options = excluded.options, device = excluded.device, "
+            "updated_ns = excluded.updated_ns",
             (root.path, json.dumps(options), device, self._now, self._now),
         )
 
@@ -203,7 +202,9 @@ class ManifestStore:
                 "WHERE error_type IS NULL AND type != 'missing'",
                 (self._now,),
             )
-        c.execute("INSERT OR IGNORE INTO temp.seen SELECT path FROM temp.batch WHERE type != 'missing'")
+        c.execute(
+            "INSERT OR IGNORE INTO temp.seen SELECT path FROM temp.batch WHERE type != 'missing'"
+        )
         c.execute("DELETE FROM temp.batch")
         return [
             (FileState(*r[:13]), FileState(*r[13:24]) if r[13] is not None else None) for r in rows
@@ -216,7 +217,8 @@ class ManifestStore:
             FileState(*r)
             for r in self._conn.execute(
                 f"SELECT {_COLUMNS} FROM files WHERE {cond} "
-                "AND NOT EXISTS (SELECT 1 FROM temp.seen s WHERE s.path = files.path) ORDER BY path",
+                "AND NOT EXISTS (SELECT 1 FROM temp.seen s WHERE s.path = files.path) "
+                "ORDER BY path",
                 params,
             )
         )
@@ -224,7 +226,9 @@ class ManifestStore:
     def count(self, start: bytes) -> int:
         """Number of baseline entries under ``start``."""
         cond, params = in_scope(start)
-        return int(self._conn.execute(f"SELECT count(*) FROM files WHERE {cond}", params).fetchone()[0])
+        return int(
+            self._conn.execute(f"SELECT count(*) FROM files WHERE {cond}", params).fetchone()[0]
+        )
 
     def mark_gone(self, path: bytes) -> None:
         """Drop an entry from the baseline once ``drop_gone`` runs (safe while iterating)."""
@@ -259,7 +263,9 @@ class _Guard:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
         if isinstance(exc, sqlite3.Error):
             raise _sqlite_error(self.path, exc) from exc
 

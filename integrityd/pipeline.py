@@ -11,6 +11,7 @@ than silently skipped.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import signal
 from collections import deque
@@ -68,6 +69,7 @@ class WorkerPool:
     def __init__(
         self,
         ctx: ForkServerContext,
+        *,
         count: int,
         chunk_size: int,
         log_cfg: LogConfig,
@@ -182,10 +184,8 @@ class WorkerPool:
         """Stop every worker: by sentinel after a normal run, at once after an error."""
         for w in self._workers:
             if graceful:
-                try:
+                with contextlib.suppress(OSError):  # a dead worker is reaped below all the same
                     w.conn.send(None)
-                except OSError:
-                    pass
             else:
                 w.proc.kill()
         for w in self._workers:
@@ -223,7 +223,9 @@ class CollectorHandle:
         if isinstance(msg, Failed):
             raise _rebuild(msg)
         if not isinstance(msg, kind):
-            raise CollectorDied(f"the collector sent {type(msg).__name__}, expected {kind.__name__}")
+            raise CollectorDied(
+                f"the collector sent {type(msg).__name__}, expected {kind.__name__}"
+            )
         return msg
 
     def failed(self) -> None:

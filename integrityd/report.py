@@ -18,13 +18,22 @@ from integrityd.events import FileState, Finding, Summary
 _PLAIN = re.compile(rb"[\x20-\x5b\x5d-\x7e]*")
 _ESCAPE = re.compile(r"\\(\\|x[0-9a-fA-F]{2})")
 _ECS_TYPE = {"added": "creation", "removed": "deletion", "unreadable": "info"}
-FINDING_BITS = {"added": 1, "removed": 2, "modified": 4, "metadata": 4, "corrupted": 4, "unreadable": 8}
+FINDING_BITS = {
+    "added": 1,
+    "removed": 2,
+    "modified": 4,
+    "metadata": 4,
+    "corrupted": 4,
+    "unreadable": 8,
+}
 KINDS = ("added", "removed", "modified", "metadata", "corrupted", "unreadable")
 
 
 def escape_path(path: bytes) -> str:
-    r"""Text form of a path: ``\\`` for a backslash, ``\xHH`` for each byte that is not
-    valid UTF-8 or belongs to a control character (C0, DEL, C1); everything else as is.
+    r"""Text form of a path, reversible with ``unescape_path``.
+
+    ``\\`` stands for a backslash and ``\xHH`` for each byte that is not valid UTF-8 or
+    belongs to a control character (C0, DEL, C1); everything else is written as is.
     """
     if _PLAIN.fullmatch(path):
         return path.decode("ascii")
@@ -110,8 +119,12 @@ def summary_event(s: Summary) -> dict[str, Any]:
     """The final JSON line of a run."""
     return {
         "@timestamp": iso(time.time_ns()),
-        "event": {"kind": "metric", "module": "integrityd", "dataset": f"integrityd.{s.command}",
-                  "action": "summary"},
+        "event": {
+            "kind": "metric",
+            "module": "integrityd",
+            "dataset": f"integrityd.{s.command}",
+            "action": "summary",
+        },
         "summary": {
             "command": s.command,
             "files": s.files,
@@ -137,9 +150,8 @@ def text_lines(ev: dict[str, Any]) -> list[str]:
     lines = [f"{action:<11}{ev['file']['path']}"]
     for name in ev.get("changes", ()):
         old, new = _get(ev.get("baseline", {}), name), _get(ev["file"], name)
-        if name == "hash.sha256":
-            name = "sha256"
-        lines.append(f"{'':13}{name:<8} {old} → {new}")
+        label = "sha256" if name == "hash.sha256" else name
+        lines.append(f"{'':13}{label:<8} {old} → {new}")
     if "error" in ev:
         lines.append(f"{'':13}{ev['error']['type']}: {ev['error']['message']}")
     return lines
@@ -164,11 +176,16 @@ def summary_text(s: Summary) -> str:
     counts = ", ".join(f"{k} {s.counts.get(k, 0)}" for k in KINDS)
     tail = [head, f"  {counts}"]
     if s.unverified:
-        tail.append(f"  {s.unverified:,} baselined files below unreadable directories were not verified")
+        tail.append(
+            f"  {s.unverified:,} baselined files below unreadable directories were not verified"
+        )
     differences = sum(s.counts.get(k, 0) for k in KINDS[:5])
     if s.command == "check":
-        tail.append("  all files match the baseline" if not differences and not s.status
-                    else f"  {differences:,} differences (exit code {s.status})")
+        tail.append(
+            "  all files match the baseline"
+            if not differences and not s.status
+            else f"  {differences:,} differences (exit code {s.status})"
+        )
     elif s.command == "accept":
         tail.append(f"  {differences:,} changes accepted into the baseline")
     return "\n".join(tail) + "\n"
@@ -199,12 +216,11 @@ class Progress:
         self._last = now
         elapsed = now - self._start
         rate = nbytes / elapsed if elapsed else 0.0
-        line = f"{self._verb}: {files:,} files, {human_bytes(nbytes)}, {human_bytes(rate)}/s"
-        if self._total:
-            line = f"{self._verb}: {files:,}/{self._total:,} files, {human_bytes(nbytes)}, {human_bytes(rate)}/s"
-            if rate and self._total_bytes > nbytes:
-                eta = int((self._total_bytes - nbytes) / rate)
-                line += f", ETA {eta // 60}:{eta % 60:02d}"
+        done = f"{files:,}/{self._total:,}" if self._total else f"{files:,}"
+        line = f"{self._verb}: {done} files, {human_bytes(nbytes)}, {human_bytes(rate)}/s"
+        if self._total and rate and self._total_bytes > nbytes:
+            eta = int((self._total_bytes - nbytes) / rate)
+            line += f", ETA {eta // 60}:{eta % 60:02d}"
         self._stream.write("\r\x1b[K" + line)
         self._stream.flush()
 

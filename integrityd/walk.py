@@ -27,43 +27,57 @@ def relative(root: bytes, path: bytes) -> bytes:
 
 def walk(scope: Scope, skip: frozenset[bytes]) -> Iterator[Work | DirUnreadable]:
     """Yield every entry of the scope; ``scope.start`` must exist (lstat raises otherwise)."""
-    root = scope.root.path
-    excluder = Excluder(scope.root.exclude)
     top = os.lstat(scope.start)
     if not stat.S_ISDIR(top.st_mode):
         yield (scope.start, HINT_FILE if stat.S_ISREG(top.st_mode) else HINT_OTHER, top.st_size)
         return
     yield (scope.start, HINT_OTHER, 0)
-    device = top.st_dev
+    excluder = Excluder(scope.root.exclude)
+    device = top.st_dev if scope.root.one_filesystem else None
     stack = [scope.start]
     while stack:
         directory = stack.pop()
-        prefix = directory.rstrip(b"/") + b"/"
         try:
             with os.scandir(directory) as entries:
-                for entry in entries:
-                    path = prefix + entry.name
-                    if path in skip:
-                        continue
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except FileNotFoundError:
-                        continue  # gone already; if it was baselined, it is reported removed
-                    except OSError:
-                        yield (path, HINT_FILE, 0)  # the worker reports why
-                        continue
-                    is_dir = stat.S_ISDIR(st.st_mode)
-                    if excluder and excluder.matches(relative(root, path), is_dir):
-                        continue
-                    if is_dir:
-                        yield (path, HINT_OTHER, 0)
-                        if st.st_dev == device or not scope.root.one_filesystem:
-                            stack.append(path)
-                    elif stat.S_ISREG(st.st_mode):
-                        yield (path, HINT_FILE, st.st_size)
-                    else:
-                        yield (path, HINT_OTHER, 0)
+                yield from _entries(
+                    scope.root.path, directory, entries, excluder, skip, device, stack
+                )
         except FileNotFoundError:
             continue
         except OSError as e:
             yield DirUnreadable(directory, _describe(e))
+
+
+def _entries(  # noqa: PLR0917 - private helper of walk(), called once
+    root: bytes,
+    directory: bytes,
+    entries: Iterator[os.DirEntry[bytes]],
+    excluder: Excluder,
+    skip: frozenset[bytes],
+    device: int | None,
+    stack: list[bytes],
+) -> Iterator[Work]:
+    """Work items for one directory's entries; subdirectories to enter go onto ``stack``."""
+    prefix = directory.rstrip(b"/") + b"/"
+    for entry in entries:
+        path = prefix + entry.name
+        if path in skip:
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue  # gone already; if it was baselined, it is reported removed
+        except OSError:
+            yield (path, HINT_FILE, 0)  # the worker will report why
+            continue
+        is_dir = stat.S_ISDIR(st.st_mode)
+        if excluder and excluder.matches(relative(root, path), is_dir):
+            continue
+        if is_dir:
+            yield (path, HINT_OTHER, 0)
+            if device is None or st.st_dev == device:
+                stack.append(path)
+        elif stat.S_ISREG(st.st_mode):
+            yield (path, HINT_FILE, st.st_size)
+        else:
+            yield (path, HINT_OTHER, 0)

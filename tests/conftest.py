@@ -54,7 +54,7 @@ def summary(r: subprocess.CompletedProcess[str]) -> dict[str, Any]:
 
 
 def log_lines(r: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
-    """stderr parsed as JSON lines (it is not a terminal in tests)."""
+    """Stderr parsed as JSON lines (it is not a terminal in tests)."""
     return [json.loads(line) for line in r.stderr.splitlines() if line.strip()]
 
 

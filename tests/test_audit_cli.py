@@ -39,14 +39,18 @@ def test_manifest_digests_match_sha256sum(tree: Path, manifest: Path) -> None:
     """The baseline's digests are exactly what sha256sum and hashlib compute."""
     init(manifest, tree)
     files = sorted(p for p in tree.rglob("*") if p.is_file())
-    out = subprocess.run(["sha256sum", *map(str, files)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["sha256sum", *map(str, files)], capture_output=True, text=True, check=True
+    )
     expected = {line.split("  ", 1)[1]: line.split("  ", 1)[0] for line in out.stdout.splitlines()}
     with ManifestStore.open(os.fsencode(manifest), "read") as store:
         for f in files:
             entry = store.lookup(os.fsencode(f))
             assert entry is not None
             assert entry.sha256 is not None
-            assert entry.sha256.hex() == expected[str(f)] == hashlib.sha256(f.read_bytes()).hexdigest()
+            assert (
+                entry.sha256.hex() == expected[str(f)] == hashlib.sha256(f.read_bytes()).hexdigest()
+            )
 
 
 def test_each_kind_and_exit_bit(tree: Path, manifest: Path) -> None:
@@ -64,24 +68,41 @@ def test_each_kind_and_exit_bit(tree: Path, manifest: Path) -> None:
     os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
     r = check(manifest)
     assert r.returncode == ExitCode.ADDED | ExitCode.REMOVED | ExitCode.CHANGED, r.stderr
-    assert sorted(findings(r)) == sorted([
-        ("added", f"{tree}/new.txt"),
-        ("removed", f"{tree}/sub/c.txt"),
-        ("modified", f"{tree}/a.txt"),
-        ("metadata", f"{tree}/sub/deep/d.txt"),
-        ("corrupted", f"{tree}/b.bin"),
-    ])
+    assert sorted(findings(r)) == sorted(
+        [
+            ("added", f"{tree}/new.txt"),
+            ("removed", f"{tree}/sub/c.txt"),
+            ("modified", f"{tree}/a.txt"),
+            ("metadata", f"{tree}/sub/deep/d.txt"),
+            ("corrupted", f"{tree}/b.bin"),
+        ]
+    )
     by_path = {e["file"]["path"]: e for e in events(r) if "file" in e}
     corrupted = by_path[f"{tree}/b.bin"]
     assert corrupted["changes"] == ["hash.sha256"]
     assert corrupted["file"]["hash"]["sha256"] == hashlib.sha256(data).hexdigest()
     assert corrupted["baseline"]["size"] == corrupted["file"]["size"] == 70_000
     meta = by_path[f"{tree}/sub/deep/d.txt"]
-    assert (meta["changes"], meta["baseline"]["mode"], meta["file"]["mode"]) == (["mode"], "0644", "0600")
-    assert by_path[f"{tree}/new.txt"]["file"]["hash"]["sha256"] == hashlib.sha256(b"new\n").hexdigest()
-    assert by_path[f"{tree}/sub/c.txt"]["baseline"]["hash"]["sha256"] == hashlib.sha256(b"gamma\n").hexdigest()
+    assert (meta["changes"], meta["baseline"]["mode"], meta["file"]["mode"]) == (
+        ["mode"],
+        "0644",
+        "0600",
+    )
+    assert (
+        by_path[f"{tree}/new.txt"]["file"]["hash"]["sha256"] == hashlib.sha256(b"new\n").hexdigest()
+    )
+    assert (
+        by_path[f"{tree}/sub/c.txt"]["baseline"]["hash"]["sha256"]
+        == hashlib.sha256(b"gamma\n").hexdigest()
+    )
     s = summary(r)
-    assert (s["added"], s["removed"], s["modified"], s["metadata"], s["corrupted"]) == (1, 1, 1, 1, 1)
+    assert (s["added"], s["removed"], s["modified"], s["metadata"], s["corrupted"]) == (
+        1,
+        1,
+        1,
+        1,
+        1,
+    )
 
 
 def test_single_bits(tree: Path, manifest: Path) -> None:
@@ -98,7 +119,7 @@ def test_single_bits(tree: Path, manifest: Path) -> None:
 
 
 def test_accept_paths_then_all(tree: Path, manifest: Path) -> None:
-    """accept PATH re-baselines only below PATH; accept --all the rest; then check is clean."""
+    """Accept PATH re-baselines only below PATH; accept --all the rest; then check is clean."""
     init(manifest, tree)
     (tree / "a.txt").write_text("changed\n")
     (tree / "sub" / "c.txt").write_text("changed too\n")
@@ -229,7 +250,9 @@ def test_excludes_and_manifest_inside_root(tmp_path: Path) -> None:
     (root / "x.swp").write_text("s")
     cfg = tmp_path / "c.yaml"
     manifest = root / "state" / "m.db"
-    cfg.write_text(f"manifest: {manifest}\nroots:\n  - path: {root}\n    exclude: ['*.swp', /cache/]\n")
+    cfg.write_text(
+        f"manifest: {manifest}\nroots:\n  - path: {root}\n    exclude: ['*.swp', /cache/]\n"
+    )
     r = integrityd("init", "-c", cfg)
     assert r.returncode == 0, r.stderr
     (root / "cache" / "junk").write_text("j")

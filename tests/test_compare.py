@@ -18,7 +18,12 @@ ALL = ATTRIBUTES
     [
         (BASE, DEFAULT, None, ()),
         (BASE._replace(sha256=b"\x02" * 32), DEFAULT, "corrupted", ("hash.sha256",)),
-        (BASE._replace(sha256=b"\x02" * 32, mtime_ns=1_001), DEFAULT, "modified", ("hash.sha256", "mtime")),
+        (
+            BASE._replace(sha256=b"\x02" * 32, mtime_ns=1_001),
+            DEFAULT,
+            "modified",
+            ("hash.sha256", "mtime"),
+        ),
         (BASE._replace(sha256=b"\x02" * 32, size=11), DEFAULT, "modified", ("hash.sha256", "size")),
         (BASE._replace(mode=0o666), DEFAULT, "metadata", ("mode",)),
         (BASE._replace(uid=1, gid=2), DEFAULT, "metadata", ("uid", "gid")),
@@ -27,12 +32,24 @@ ALL = ATTRIBUTES
         (BASE._replace(inode=8, ctime_ns=3), DEFAULT, None, ()),  # editors replace files on save
         (BASE._replace(inode=8, ctime_ns=3), ALL, "metadata", ("inode", "ctime")),
         (BASE._replace(sha256=b"\x02" * 32), frozenset({"mode"}), None, ()),  # content not checked
-        (BASE._replace(type="symlink", sha256=None, target=b"x"), DEFAULT, "metadata", ("type", "target_path")),
-        (BASE._replace(sha256=b"\x02" * 32, mode=0o4755), DEFAULT, "corrupted", ("hash.sha256", "mode")),
+        (
+            BASE._replace(type="symlink", sha256=None, target=b"x"),
+            DEFAULT,
+            "metadata",
+            ("type", "target_path"),
+        ),
+        (
+            BASE._replace(sha256=b"\x02" * 32, mode=0o4755),
+            DEFAULT,
+            "corrupted",
+            ("hash.sha256", "mode"),
+        ),
         (BASE._replace(error_type="permission", error="no"), DEFAULT, "unreadable", ()),
     ],
 )
-def test_classify_table(new: FileState, attrs: frozenset[str], action: str | None, changes: tuple[str, ...]) -> None:
+def test_classify_table(
+    new: FileState, attrs: frozenset[str], action: str | None, changes: tuple[str, ...]
+) -> None:
     """Each change is classified as a serious tool should, listing exactly what differs."""
     finding = classify(BASE, new, attrs)
     if action is None:

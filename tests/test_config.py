@@ -44,8 +44,12 @@ def test_full_config_loads(tmp_path: Path) -> None:
         report="json",
         log=LogConfig(format="json", level="debug"),
         roots=(
-            RootConfig(path=b"/etc", exclude=("*.swp", "/mtab"), check=("content", "mode"),
-                       one_filesystem=False),
+            RootConfig(
+                path=b"/etc",
+                exclude=("*.swp", "/mtab"),
+                check=("content", "mode"),
+                one_filesystem=False,
+            ),
             RootConfig(path=b"/usr", check=DEFAULT_CHECK),
         ),
     )
@@ -68,8 +72,14 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
         ("roots:\n  - path: /etc\n  - exclude: [a]\n", ":3: roots[1]: missing required key 'path'"),
         ("roots:\n  - path: etc\n", ":2: roots[0].path: must be an absolute path"),
         ("roots:\n  - path: /etc\n    exclude: '*.swp'\n", ":3: roots[0].exclude: expected a list"),
-        ("roots:\n  - path: /etc\n    check: [content, colour]\n", ":3: roots[0].check: unknown attribute 'colour'"),
-        ("roots:\n  - path: /etc\n    one_filesystem: maybe\n", ":3: roots[0].one_filesystem: expected true or false"),
+        (
+            "roots:\n  - path: /etc\n    check: [content, colour]\n",
+            ":3: roots[0].check: unknown attribute 'colour'",
+        ),
+        (
+            "roots:\n  - path: /etc\n    one_filesystem: maybe\n",
+            ":3: roots[0].one_filesystem: expected true or false",
+        ),
         ("log:\n  level: loud\n", ":2: log.level: must be one of"),
         ("log:\n  format: xml\n", ":2: log.format: must be auto, json or console"),
         ("report: html\n", ":1: report: must be text or json"),

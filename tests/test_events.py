@@ -30,10 +30,18 @@ MESSAGES = [
     Finish(),
     Ready(),
     Failed("ManifestLocked", "locked", 20),
-    Summary(command="check", files=1, bytes=2, seconds=0.5, counts={"added": 1}, unverified=0, status=1),
+    Summary(
+        command="check", files=1, bytes=2, seconds=0.5, counts={"added": 1}, unverified=0, status=1
+    ),
     Finding("modified", b"/r/f", STATE, STATE, ("hash.sha256",)),
-    Job(command="init", manifest=b"/m.db", scopes=(Scope(RootConfig(path=b"/r"), b"/r"),),
-        skip=frozenset({b"/m.db"}), json=True, progress=False),
+    Job(
+        command="init",
+        manifest=b"/m.db",
+        scopes=(Scope(RootConfig(path=b"/r"), b"/r"),),
+        skip=frozenset({b"/m.db"}),
+        json=True,
+        progress=False,
+    ),
 ]
 
 

@@ -11,6 +11,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,9 @@ def dump(manifest: Path) -> list[tuple[object, ...]]:
         return c.execute("SELECT * FROM files ORDER BY path").fetchall()
 
 
-def hashing_pid(proc: subprocess.Popen[str], big: Path, exclude: frozenset[int] = frozenset()) -> int:
+def hashing_pid(
+    proc: subprocess.Popen[str], big: Path, exclude: frozenset[int] = frozenset()
+) -> int:
     """Wait until a worker of ``proc`` has ``big`` open; return its pid."""
     return int(
         wait_for(
@@ -106,11 +109,13 @@ def test_sigint_during_accept_keeps_old_baseline(slow_tree: Path, manifest: Path
     assert "nothing was changed" in r.stderr
     assert dump(manifest) == before
     wait_for(lambda: not any(alive(p) for p in seen), timeout=10, what="children to exit")
-    assert findings(integrityd("check", "-m", manifest, "--json")) == [("modified", f"{slow_tree}/a.txt")]
+    assert findings(integrityd("check", "-m", manifest, "--json")) == [
+        ("modified", f"{slow_tree}/a.txt")
+    ]
 
 
 def test_kill_9_during_init_keeps_old_baseline(slow_tree: Path, manifest: Path) -> None:
-    """kill -9 of the main process mid-init leaves the previous baseline and no processes."""
+    """Kill -9 of the main process mid-init leaves the previous baseline and no processes."""
     assert integrityd("init", "-m", manifest, slow_tree).returncode == 0
     before = dump(manifest)
     (slow_tree / "new.txt").write_text("n")
@@ -124,8 +129,11 @@ def test_kill_9_during_init_keeps_old_baseline(slow_tree: Path, manifest: Path) 
 
 
 def test_second_writer_is_refused_reader_is_not(tree: Path, manifest: Path) -> None:
-    """While another writer holds the manifest, accept fails with 'locked' (20) after a
-    short wait, a check still reads it, and once the lock is gone accept works."""
+    """While another writer holds the manifest, accept fails with 'locked' (20).
+
+    It fails after a short wait; a check still reads meanwhile; once the lock is gone,
+    accept works.
+    """
     assert integrityd("init", "-m", manifest, tree).returncode == 0
     (tree / "a.txt").write_text("edited\n")
     holder = sqlite3.connect(manifest, isolation_level=None)
@@ -181,8 +189,10 @@ def test_collector_death_is_fatal_and_clean(slow_tree: Path, manifest: Path) -> 
     ],
     ids=["not-sqlite", "flipped-header-page", "truncated"],
 )
-def test_damaged_manifest_is_reported_and_untouched(tree: Path, manifest: Path, damage, message) -> None:  # noqa: ANN001
-    """A damaged manifest exits 18 with a message, for check and init alike, and is not rewritten."""
+def test_damaged_manifest_is_reported_and_untouched(
+    tree: Path, manifest: Path, damage: Callable[[bytes], bytes], message: str
+) -> None:
+    """A damaged manifest exits 18 with a message, for check and init, and is left as is."""
     assert integrityd("init", "-m", manifest, tree).returncode == 0
     for suffix in ("-wal", "-shm"):
         Path(f"{manifest}{suffix}").unlink(missing_ok=True)

@@ -1,0 +1,268 @@
+#!/usr/bin/env python3
+"""Benchmark integrityd init/check against rhash, sha256sum, hashdeep and AIDE.
+
+Builds seeded corpora, runs every tool on the same corpus in the same run (a warm-up,
+then --runs timed runs each, with the tree in the page cache), and prints a table of
+medians, files/s, MB/s, summed peak RSS, and ratios to the best peer and to the
+SHA-256 limit (cores x one-core hashlib speed). Tools that are not installed are
+skipped. Usage: python benchmarks/bench.py [--corpus small,mixed,large] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+POOL = 64 << 20
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A seeded tree: file sizes drawn from a distribution, in a fixed directory layout."""
+
+    name: str
+    files: int
+    dirs: int
+    describe: str
+
+    def sizes(self, rng: random.Random) -> list[int]:
+        """File sizes for this corpus, drawn from ``rng``."""
+        if self.name == "small":
+            return [min(int(rng.expovariate(1 / 4096)), 16 << 10) for _ in range(self.files)]
+        if self.name == "mixed":  # log-normal, mean ~107 KB, ~2 GiB in all
+            return [min(int(rng.lognormvariate(10.46, 1.5)), 64 << 20) for _ in range(self.files)]
+        return [512 << 20] * self.files
+
+
+CORPORA = {
+    "small": Corpus("small", 100_000, 2_000, "100,000 files of 0-16 KiB in 2,000 dirs"),
+    "mixed": Corpus("mixed", 20_000, 400, "20,000 files, log-normal sizes, ~2 GiB"),
+    "large": Corpus("large", 8, 1, "8 files of 512 MiB"),
+}
+
+
+def build(corpus: Corpus, base: Path, seed: int) -> Path:
+    """Create the corpus under base/name unless an identical one is already there."""
+    root = base / corpus.name
+    stamp = root / ".complete"
+    params = json.dumps({"seed": seed, "files": corpus.files, "dirs": corpus.dirs})
+    if stamp.exists() and stamp.read_text() == params:
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    rng = random.Random(seed)
+    pool = rng.randbytes(POOL)
+    sizes = corpus.sizes(rng)
+    top = max(1, int(corpus.dirs**0.5))
+    for i, size in enumerate(sizes):
+        d = i % corpus.dirs
+        directory = root / f"d{d % top:03d}" / f"e{d:05d}"
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(directory / f"f{i:07d}.bin", "wb") as f:
+            left = size
+            while left:
+                start = rng.randrange(POOL // 2)
+                n = min(left, POOL // 2)
+                f.write(pool[start : start + n])
+                left -= n
+    stamp.write_text(params)
+    return root
+
+
+def tree_stats(root: Path) -> tuple[int, int]:
+    """(regular files, bytes) under root, not counting the stamp file."""
+    files = total = 0
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            if n != ".complete":
+                files += 1
+                total += os.lstat(os.path.join(dirpath, n)).st_size
+    return files, total
+
+
+def _descendants(pid: int) -> set[int]:
+    tree: dict[int, list[int]] = {}
+    for e in os.listdir("/proc"):
+        if e.isdigit():
+            try:
+                with open(f"/proc/{e}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            tree.setdefault(ppid, []).append(int(e))
+    out, stack = set(), [pid]
+    while stack:
+        for c in tree.get(stack.pop(), []):
+            out.add(c)
+            stack.append(c)
+    return out
+
+
+def _hwm(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def timed(cmd: str, rss: bool) -> tuple[float, int]:
+    """Run a shell command; return wall seconds and the sum of its processes' peak RSS."""
+    peaks: dict[int, int] = {}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(["bash", "-c", cmd], stdout=subprocess.DEVNULL)
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            for p in _descendants(proc.pid) | {proc.pid}:
+                peaks[p] = max(peaks.get(p, 0), _hwm(p))
+
+    sampler = threading.Thread(target=sample)
+    if rss:
+        sampler.start()
+    code = proc.wait()
+    elapsed = time.perf_counter() - t0
+    done.set()
+    if rss:
+        sampler.join()
+    if code not in (0, 1):  # hashdeep and rhash may exit 1 on warnings; still timed
+        print(f"warning: {cmd!r} exited {code}", file=sys.stderr)
+    # bash itself is not the tool; the wrapper shell's own RSS would only add noise.
+    peaks.pop(proc.pid, None)
+    return elapsed, sum(peaks.values())
+
+
+def one_core_sha256() -> float:
+    """Bytes/s of hashlib.sha256 on one core, over in-memory data."""
+    data = os.urandom(256 << 20)
+    best = 0.0
+    for _ in range(3):
+        t0 = time.perf_counter()
+        hashlib.sha256(data).digest()
+        best = max(best, len(data) / (time.perf_counter() - t0))
+    return best
+
+
+def commands(root: Path, work: Path, workers: int) -> dict[str, tuple[str, str | None]]:
+    """Map tool name -> (timed command, setup command run before each timed run)."""
+    exe = f"{sys.executable} -m integrityd"
+    m = work / "m.db"
+    w = workers
+    find = f"find {root} -type f -name 'f*' -print0 | xargs -0 -P{w} -n 2000"
+    cmds: dict[str, tuple[str, str | None]] = {
+        "integrityd init": (f"{exe} init -m {m} -j {w} --no-progress {root}", f"rm -f {m}*"),
+        "integrityd check": (f"{exe} check -m {m} -j {w} --no-progress", None),
+        "sha256sum (xargs)": (f"{find} sha256sum", None),
+    }
+    if shutil.which("rhash"):
+        cmds["rhash --sha256 (xargs)"] = (f"{find} rhash --sha256", None)
+    if shutil.which("hashdeep"):
+        known = work / "known.txt"
+        cmds["hashdeep -j audit"] = (f"hashdeep -c sha256 -j{w} -r -a -k {known} {root}", None)
+    if shutil.which("aide"):
+        conf = work / "aide.conf"
+        conf.write_text(
+            f"database_in=file:{work}/aide.db\ndatabase_out=file:{work}/aide.db.new\n"
+            f"num_workers={w}\nreport_url=stdout\n{root} p+u+g+s+m+sha256\n"
+        )
+        cmds["aide --check"] = (f"aide --check -c {conf}", None)
+    return cmds
+
+
+def prepare(root: Path, work: Path, workers: int) -> None:
+    """Baselines the check-style tools need, made once outside the timing."""
+    exe = [sys.executable, "-m", "integrityd"]
+    subprocess.run(
+        [*exe, "init", "-m", str(work / "m.db"), "--no-progress", str(root)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    if shutil.which("hashdeep"):
+        with open(work / "known.txt", "wb") as f:
+            subprocess.run(
+                ["hashdeep", "-c", "sha256", f"-j{workers}", "-r", str(root)], check=True, stdout=f
+            )
+    if shutil.which("aide"):
+        subprocess.run(
+            ["aide", "--init", "-c", str(work / "aide.conf")],
+            check=False,
+            stdout=subprocess.DEVNULL,
+        )
+        os.replace(work / "aide.db.new", work / "aide.db")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--corpus", default="small,mixed,large", help="comma-separated corpora")
+    ap.add_argument("--runs", type=int, default=3, help="timed runs per tool (after a warm-up)")
+    ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--dir", type=Path, default=HERE / "corpus", help="where corpora are built")
+    ap.add_argument("--seed", type=int, default=20261125)
+    ap.add_argument("--only", default="", help="comma-separated tool name prefixes to run")
+    args = ap.parse_args()
+
+    limit = one_core_sha256() * args.workers
+    print(
+        f"# {os.uname().nodename}: {args.workers} workers, "
+        f"one-core hashlib.sha256 x {args.workers} = {limit / 1e9:.2f} GB/s\n"
+    )
+    header = (
+        "| corpus | tool | median s | files/s | MB/s | peak RSS MiB | vs best peer | vs SHA limit |"
+    )
+    print(header)
+    print("|---|---|---|---|---|---|---|---|")
+    for name in args.corpus.split(","):
+        corpus = CORPORA[name]
+        root = build(corpus, args.dir, args.seed)
+        files, nbytes = tree_stats(root)
+        with tempfile.TemporaryDirectory(prefix="integrityd-bench-") as tmp:
+            work = Path(tmp)
+            cmds = commands(root, work, args.workers)
+            prepare(root, work, args.workers)
+            results: dict[str, tuple[float, int]] = {}
+            for tool, (cmd, setup) in cmds.items():
+                if args.only and not any(tool.startswith(o) for o in args.only.split(",")):
+                    continue
+                times, rss = [], 0
+                for i in range(args.runs + 1):
+                    if setup:
+                        subprocess.run(["bash", "-c", setup], check=True)
+                    t, r = timed(cmd, rss=tool.startswith("integrityd"))
+                    if i:  # the first run only warms caches
+                        times.append(t)
+                        rss = max(rss, r)
+                results[tool] = (statistics.median(times), rss)
+            peers = [t for tool, (t, _) in results.items() if not tool.startswith("integrityd")]
+            best = min(peers) if peers else None
+            for tool, (t, rss) in results.items():
+                ratio = f"{best / t:.2f}x" if best else "-"
+                rss_text = f"{rss / 2**20:.0f}" if rss else "-"
+                print(
+                    f"| {name} | {tool} | {t:.3f} | {files / t:,.0f} | {nbytes / t / 1e6:,.0f} | "
+                    f"{rss_text} | {ratio} | {nbytes / t / limit:.0%} |"
+                )
+    print(
+        f"\n{', '.join(f'{c.name}: {c.describe}' for c in CORPORA.values())}. "
+        "'vs best peer' > 1 means faster than the fastest other tool."
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

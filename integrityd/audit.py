@@ -2,37 +2,49 @@
 
 Data flow, and the order of shutdown::
 
-    walk (this process) ──> WorkerPool: pipe per worker ──> hasher xN
-                                  │  results, forwarded as raw bytes
-                                  v
-                            collector process ──> manifest (SQLite) + report on stdout
+    main: stack of tasks ──(pipe per worker)──> worker xN: list dir, hash, compare
+         ^                                          │   (read-only baseline reader)
+         └──── spawned tasks (subdirs, big files) ──┤
+                                                    v  reports: differences only,
+                         collector process <────────┘  forwarded as raw bytes
+                            └──> manifest (the only writer) + report on stdout
 
 The collector starts first and takes the manifest (and, for writers, its lock) before any
 file is read, so a locked or damaged manifest fails in a second, not after an hour of
-hashing. On success: drain the workers, stop them with a sentinel each, then tell the
-collector to finish; it commits and writes the report. On any error or signal: kill the
-workers and close the collector's input, which makes it roll back and exit.
+hashing. Walking is spread over the workers: each directory is a task, and the
+directories it holds become new tasks. On success: when no task is left, stop the
+workers with a sentinel each, then tell the collector to finish; it commits and writes
+the report. On any error or signal: kill the workers and close the collector's input,
+which makes it roll back and exit.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 import signal
+import stat
 import threading
 
-from integrityd import collector
+from integrityd import collector, scan
 from integrityd.config import Config, RootConfig
 from integrityd.errors import ManifestError, RootError, UsageError
-from integrityd.events import Command, DirUnreadable, Job, Scope, Summary, WalkProgress, Work
+from integrityd.events import (
+    Command,
+    DirTask,
+    FileState,
+    FileTask,
+    Finding,
+    Job,
+    Report,
+    Scope,
+    Summary,
+    Task,
+)
+from integrityd.hashing import failed
 from integrityd.manifest import ManifestStore
 from integrityd.pipeline import CollectorHandle, WorkerPool
-from integrityd.walk import walk
-
-BATCH_FILES = 256
-BATCH_BYTES = 8 << 20  # file data per batch, so a few large files spread over the workers
-BATCH_PATH_BYTES = 64 << 10  # keeps two batches in flight well inside a socket buffer
-PROGRESS_EVERY = 32  # batches between progress notes to the collector
 
 
 def _covers(root: bytes, path: bytes) -> bool:
@@ -92,51 +104,43 @@ def resolve_scopes(
 
 
 def run(job: Job, cfg: Config) -> Summary:
-    """Walk, hash and compare every scope of the job; return the collector's summary."""
+    """Scan, hash and compare every scope of the job; return the collector's summary."""
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["integrityd.collector", "integrityd.pipeline"])
+    ctx.set_forkserver_preload(["integrityd.collector", "integrityd.scan"])
     handle = CollectorHandle(ctx, collector.run, job)
+
+    def lost(task: Task, reason: str) -> None:
+        if isinstance(task, DirTask):
+            report = Report(0, 0, [], [], [], [(task.path, "worker_died", reason)])
+        else:
+            states = [failed(p, "worker_died", reason) for p in task.paths]
+            report = Report(0, 0, [_unreadable(s) for s in states], [], [], [])
+        handle.send_bytes(pickle.dumps(report))
+
     try:
         with WorkerPool(
             ctx,
             count=cfg.worker_count(),
-            chunk_size=cfg.chunk_size,
-            log_cfg=job.log,
+            target=scan.worker_main,
+            args=(job, cfg.chunk_size),
             deliver=handle.send_bytes,
+            on_lost=lost,
             guard=handle.guard,
             on_guard=handle.failed,
         ) as pool:
-            _feed(job, pool, handle)
-            pool.drain()
+            for i, scope in enumerate(job.scopes):
+                pool.submit(FileTask((scope.start,), i))  # the start itself: a file or a dir
+                if stat.S_ISDIR(os.lstat(scope.start).st_mode):
+                    pool.submit(DirTask(scope.start, i))
+            pool.run()
         _ignore_signals()  # past this point the collector commits: let it finish
         return handle.finish()
     finally:
         handle.close()
 
 
-def _feed(job: Job, pool: WorkerPool, handle: CollectorHandle) -> None:
-    batch: list[Work] = []
-    data = path_bytes = files = total = sent = 0
-    for scope in job.scopes:
-        for item in walk(scope, job.skip):
-            if isinstance(item, DirUnreadable):
-                handle.send(item)
-                continue
-            batch.append(item)
-            data += item[2]
-            path_bytes += len(item[0])
-            if len(batch) >= BATCH_FILES or data >= BATCH_BYTES or path_bytes >= BATCH_PATH_BYTES:
-                files += len(batch)
-                total += data
-                pool.submit(batch)
-                batch, data, path_bytes = [], 0, 0
-                sent += 1
-                if job.progress and sent % PROGRESS_EVERY == 0:
-                    handle.send(WalkProgress(files, total, done=False))
-    if batch:
-        pool.submit(batch)
-    if job.progress:
-        handle.send(WalkProgress(files + len(batch), total + data, done=True))
+def _unreadable(state: FileState) -> Finding:
+    return Finding("unreadable", state.path, None, state)
 
 
 def _ignore_signals() -> None:

@@ -1,9 +1,9 @@
 """The collector process: the only writer of the manifest, and the author of the report.
 
-It receives result batches (and walker notices) from the main process, has SQLite
-compare each batch with the baseline, classifies the few entries that differ, keeps
-the findings in a temporary table and, at the end, finds what was removed, commits
-(for init and accept) and writes the sorted report to stdout.
+The hash workers compare with the baseline themselves; the collector receives their
+reports (findings, rows to write, paths to delete), keeps the findings in a temporary
+table, writes the rows (init, accept) and, at the end, commits and writes the report,
+sorted by path, to stdout.
 """
 
 from __future__ import annotations
@@ -20,20 +20,8 @@ from multiprocessing.connection import Connection
 import structlog
 
 from integrityd import logsetup
-from integrityd.compare import classify
 from integrityd.errors import IntegritydError
-from integrityd.events import (
-    DirUnreadable,
-    Failed,
-    FileState,
-    Finding,
-    Finish,
-    Job,
-    Ready,
-    Summary,
-    WalkProgress,
-)
-from integrityd.exclude import Excluder
+from integrityd.events import Failed, Finding, Finish, Job, Ready, Report, Summary
 from integrityd.hashing import failed
 from integrityd.manifest import ManifestStore
 from integrityd.report import (
@@ -44,7 +32,6 @@ from integrityd.report import (
     summary_text,
     text_lines,
 )
-from integrityd.walk import relative
 
 log = structlog.get_logger()
 
@@ -82,68 +69,55 @@ class _Collector:
         self.files = 0
         self.bytes = 0
         self.unverified = 0
-        self.unreadable_dirs: list[bytes] = []
-        roots = {s.root.path: s.root for s in job.scopes}
-        # Longest root first, so that a nested root's own options win.
-        self.roots = sorted(roots.values(), key=lambda r: len(r.path), reverse=True)
-        self.attrs = {r.path: frozenset(r.check) for r in self.roots}
-        self.excluders = {r.path: Excluder(r.exclude) for r in self.roots}
         verb = {"init": "baselining", "check": "checking", "accept": "re-hashing"}[job.command]
         self.progress = Progress(sys.stderr if job.progress else None, verb)
-
-    def root_of(self, path: bytes) -> bytes:
-        for r in self.roots:
-            base = r.path.rstrip(b"/") + b"/"
-            if path == r.path or path.startswith(base):
-                return r.path
-        return self.roots[0].path
+        if job.progress and job.command != "init":
+            total = sum(store.count_below(s.start) + 1 for s in job.scopes)
+            self.progress.walked(total, 0, done=True)
 
     def receive(self, data: Connection) -> bool:
-        """Consume messages until Finish; False if the main process vanished first."""
+        """Consume reports until Finish; False if the main process vanished first."""
         while True:
             try:
                 msg = pickle.loads(data.recv_bytes())
             except (EOFError, OSError):
                 return False
-            if type(msg) is list:
-                self.batch(msg)
-            elif isinstance(msg, WalkProgress):
-                self.progress.walked(msg.files, msg.bytes, msg.done)
-            elif isinstance(msg, DirUnreadable):
-                self.unreadable_dirs.append(msg.path.rstrip(b"/") + b"/")
-                state = failed(msg.path, "permission", msg.error)
-                self.record(Finding("unreadable", msg.path, self.store.lookup(msg.path), state))
+            if isinstance(msg, Report):
+                self.report(msg)
             elif isinstance(msg, Finish):
                 return True
 
-    def batch(self, states: list[FileState]) -> None:
-        self.files += len(states)
-        self.bytes += sum(s.size for s in states if s.type == "file")
-        for new, old in self.store.compare(states):
-            root = self.root_of(new.path)
-            finding = classify(old, new, self.attrs[root])
-            if finding is not None:
-                self.record(finding)
+    def report(self, r: Report) -> None:
+        self.files += r.files
+        self.bytes += r.nbytes
+        for f in r.findings:
+            self.record(f)
+        for path, kind, message in r.unreadable_dirs:
+            self.record(
+                Finding("unreadable", path, self.store.lookup(path), failed(path, kind, message))
+            )
+            self.unverified += self.store.count_below(path)
+        if self.store.writable:
+            if r.rows:
+                self.store.write(r.rows)  # type: ignore[arg-type]
+            if r.deletes:
+                self.store.delete(r.deletes)
         self.progress.update(self.files, self.bytes)
 
     def record(self, f: Finding) -> None:
-        if self.job.command == "init" and f.action != "unreadable":
-            return  # a new baseline has nothing to compare with
         self.counts[f.action] += 1
         self.store.add_finding(f.path, json.dumps(event(f, self.job.command), ensure_ascii=False))
 
     def finish(self) -> Summary:
-        """Find removed entries, then total up."""
-        for scope in self.job.scopes:
-            if self.store.writable and scope.start == scope.root.path:
-                try:
-                    device = os.lstat(scope.root.path).st_dev
-                except OSError:
-                    device = None
-                self.store.put_root(scope.root, device or 0)
-            self.removed(scope.start)
+        """Record the roots, then total up."""
         if self.store.writable:
-            self.store.drop_gone()
+            for scope in self.job.scopes:
+                if scope.start == scope.root.path:
+                    try:
+                        device = os.lstat(scope.root.path).st_dev
+                    except OSError:
+                        device = 0
+                    self.store.put_root(scope.root, device)
         status = 0
         for kind, n in self.counts.items():
             if n:
@@ -161,21 +135,6 @@ class _Collector:
             unverified=self.unverified,
             status=status,
         )
-
-    def removed(self, start: bytes) -> None:
-        for old in self.store.unseen(start):
-            path = old.path
-            root = self.root_of(path)
-            if path in self.job.skip or self.excluders[root].excludes(relative(root, path)):
-                if self.store.writable:
-                    self.store.mark_gone(path)  # no longer part of what is watched
-                continue
-            if any(path.startswith(d) for d in self.unreadable_dirs):
-                self.unverified += 1  # could not look; it may well still be there
-                continue
-            self.record(Finding("removed", path, old, None))
-            if self.store.writable:
-                self.store.mark_gone(path)
 
     def write_report(self, summary: Summary) -> None:
         self.progress.close()

@@ -20,9 +20,6 @@ HINT_FILE = "f"
 HINT_OTHER = "o"
 """Directories, symlinks and special files: the worker only lstat()s them, never opens them."""
 
-Work = tuple[bytes, str, int]
-"""(absolute path, hint, size from lstat) sent to a hash worker."""
-
 
 class FileState(NamedTuple):
     """What one file looks like now (or in the baseline); column order of the manifest."""
@@ -64,20 +61,22 @@ class Job:
 
 
 @dataclass(frozen=True, slots=True)
-class DirUnreadable:
-    """The walker could not list a directory: nothing below it may be reported as removed."""
+class DirTask:
+    """List one directory, hash what it holds and compare it with the baseline."""
 
     path: bytes
-    error: str
+    scope: int  # index into Job.scopes
 
 
 @dataclass(frozen=True, slots=True)
-class WalkProgress:
-    """How much the walker has found so far, for the progress bar's ETA."""
+class FileTask:
+    """Hash and compare these paths (large files, parts of huge directories, scope starts)."""
 
-    files: int
-    bytes: int
-    done: bool
+    paths: tuple[bytes, ...]
+    scope: int
+
+
+Task = DirTask | FileTask
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,3 +120,14 @@ class Finding:
     old: FileState | None
     new: FileState | None
     changes: tuple[str, ...] = ()
+
+
+class Report(NamedTuple):
+    """What one task found, for the collector: only differences, never every file."""
+
+    files: int  # entries examined
+    nbytes: int  # bytes of file content hashed
+    findings: list[Finding]
+    rows: list[tuple[object, ...]]  # manifest rows to write (init, accept)
+    deletes: list[bytes]  # paths to drop from the baseline, with everything below them
+    unreadable_dirs: list[tuple[bytes, str, str]]  # (directory, error type, message)

@@ -13,6 +13,7 @@ import errno
 import hashlib
 import os
 import stat
+from typing import overload
 
 from integrityd.events import HINT_FILE, FileState
 
@@ -77,8 +78,17 @@ class Hasher:
         self._buf = bytearray(chunk_size)
         self._view = memoryview(self._buf)
 
-    def state(self, path: bytes, hint: str) -> FileState:
-        """Describe ``path`` now; never raises for problems with the file itself."""
+    @overload
+    def state(self, path: bytes, hint: str) -> FileState: ...
+    @overload
+    def state(self, path: bytes, hint: str, defer_above: int) -> FileState | None: ...
+
+    def state(self, path: bytes, hint: str, defer_above: int | None = None) -> FileState | None:
+        """Describe ``path`` now; never raises for problems with the file itself.
+
+        With ``defer_above``, a regular file larger than that is not read: None is
+        returned so that the caller can hand it to a task of its own.
+        """
         if hint != HINT_FILE:
             return self._lstat(path)
         try:
@@ -90,7 +100,7 @@ class Hasher:
                 return self._lstat(path)
             return failed(path, _error_type(e), _describe(e))
         try:
-            return self._read(fd, path)
+            return self._read(fd, path, defer_above)
         except OSError as e:
             return failed(path, _error_type(e), _describe(e))
         finally:
@@ -115,10 +125,12 @@ class Hasher:
             return failed(path, _error_type(e), _describe(e))
         return _state(path, st, target=target)
 
-    def _read(self, fd: int, path: bytes) -> FileState:
+    def _read(self, fd: int, path: bytes, defer_above: int | None) -> FileState | None:
         before = os.fstat(fd)
         if not stat.S_ISREG(before.st_mode):
             return _state(path, before)  # swapped for a special file since the walk
+        if defer_above is not None and before.st_size > defer_above:
+            return None
         for attempt in range(2):
             if attempt:
                 os.lseek(fd, 0, os.SEEK_SET)

@@ -4,8 +4,11 @@ Paths are stored as bytes, so non-UTF-8 names survive. Writers (init, accept) ho
 IMMEDIATE transaction for the whole run: the previous baseline stays exactly as it was
 until the final commit, whatever happens before it (Ctrl-C, kill -9, a full disk), and
 a second writer is turned away with ``ManifestLocked`` instead of waiting for minutes.
-WAL mode lets ``check`` read while a writer works. Comparison happens in batches inside
-SQLite: only rows that differ from the baseline come back to Python.
+WAL mode lets ``check`` and the hash workers read while a writer works.
+
+Entries are keyed by (parent directory, name), so that a directory's baseline is one
+range scan: each hash worker compares whole directories against the baseline through a
+read-only ``BaselineReader``, and only the differences travel on to the collector.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ import json
 import os
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import asdict
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 from integrityd.config import RootConfig
 from integrityd.errors import ManifestCorrupt, ManifestError, ManifestLocked
@@ -26,8 +30,7 @@ APPLICATION_ID = int.from_bytes(b"ITGD", "big")
 SCHEMA_VERSION = 1
 LOCK_TIMEOUT_S = 3.0
 _SQLITE_MAGIC = b"SQLite format 3\x00"
-_COLUMNS = "path, type, size, mtime_ns, ctime_ns, inode, mode, uid, gid, sha256, target"
-_DIFFERS = " OR ".join(f"b.{c} IS NOT f.{c}" for c in _COLUMNS.split(", ")[1:])
+_STATE = "type, size, mtime_ns, ctime_ns, inode, mode, uid, gid, sha256, target"
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -36,21 +39,22 @@ CREATE TABLE IF NOT EXISTS roots (
     created_ns INTEGER NOT NULL, updated_ns INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS files (
-    path BLOB PRIMARY KEY, type TEXT NOT NULL, size INTEGER NOT NULL,
+    parent BLOB NOT NULL, name BLOB NOT NULL, type TEXT NOT NULL, size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, inode INTEGER NOT NULL,
     mode INTEGER NOT NULL, uid INTEGER NOT NULL, gid INTEGER NOT NULL,
-    sha256 BLOB, target BLOB, verified_ns INTEGER NOT NULL
+    sha256 BLOB, target BLOB, verified_ns INTEGER NOT NULL,
+    PRIMARY KEY (parent, name)
 ) WITHOUT ROWID;
 PRAGMA application_id = {APPLICATION_ID};
 PRAGMA user_version = {SCHEMA_VERSION};
 """
 
-_TEMP = f"""
-CREATE TEMP TABLE batch ({_COLUMNS}, error_type, error);
-CREATE TEMP TABLE seen (path BLOB PRIMARY KEY) WITHOUT ROWID;
-CREATE TEMP TABLE gone (path BLOB PRIMARY KEY) WITHOUT ROWID;
+_TEMP = """
 CREATE TEMP TABLE findings (path BLOB NOT NULL, data TEXT NOT NULL);
 """
+
+Row = tuple[bytes, bytes, str, int, int, int, int, int, int, int, bytes | None, bytes | None]
+"""A manifest row as written: (parent, name, type, ..., sha256, target)."""
 
 Mode = Literal["read", "write", "create"]
 
@@ -60,11 +64,28 @@ def journal_files(path: bytes) -> frozenset[bytes]:
     return frozenset({path} | {path + s for s in (b"-wal", b"-shm", b"-journal")})
 
 
-def in_scope(start: bytes) -> tuple[str, tuple[bytes, bytes, bytes]]:
-    """SQL condition (and parameters) for ``start`` and everything below it."""
-    base = start.rstrip(b"/")
-    # '0' sorts right after '/', so [base/, base0) is exactly the subtree.
-    return "(path = ? OR (path >= ? AND path < ?))", (start, base + b"/", base + b"0")
+def split(path: bytes) -> tuple[bytes, bytes]:
+    """(parent, name) of an absolute, normalised path; ``/`` itself is (``/``, ``""``)."""
+    parent, name = os.path.split(path)
+    return parent, name
+
+
+def join(parent: bytes, name: bytes) -> bytes:
+    """Inverse of ``split``."""
+    return parent.rstrip(b"/") + b"/" + name if name else parent
+
+
+_BELOW = "(parent = ? OR (parent >= ? AND parent < ?))"
+
+
+def _below(directory: bytes) -> tuple[bytes, bytes, bytes]:
+    # '0' sorts right after '/', so [dir/, dir0) holds exactly the deeper parents.
+    base = directory.rstrip(b"/")
+    return directory, base + b"/", base + b"0"
+
+
+def _state(path: bytes, row: tuple[object, ...]) -> FileState:
+    return FileState(path, *row)  # type: ignore[arg-type]
 
 
 def _sqlite_error(path: bytes, e: sqlite3.Error) -> ManifestError:
@@ -115,7 +136,9 @@ class ManifestStore:
 
     def _start(self, fresh: bool, mode: Mode) -> None:
         c = self._conn
-        c.execute("PRAGMA temp_store = FILE")
+        c.execute(
+            "PRAGMA synchronous = NORMAL"
+        )  # WAL: a power cut may lose the last run, never the file
         if mode == "create" and fresh:
             c.execute("PRAGMA journal_mode = WAL")
         c.execute("BEGIN IMMEDIATE" if self.writable else "BEGIN")
@@ -126,7 +149,11 @@ class ManifestStore:
                 name = os.fsdecode(self.path)
                 msg = f"{name} is not an integrityd manifest; it was left untouched"
                 raise ManifestCorrupt(msg if tables else f"{name} holds no baseline yet")
+            # Commit the empty schema at once, so that the workers' readers can open it;
+            # the baseline itself still arrives in one transaction.
             _run_script(c, _SCHEMA)
+            c.execute("COMMIT")
+            c.execute("BEGIN IMMEDIATE")
         version = c.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             msg = f"manifest {os.fsdecode(self.path)} was written by a newer integrityd"
@@ -182,67 +209,30 @@ class ManifestStore:
             (root.path, json.dumps(options), device, self._now, self._now),
         )
 
-    # -- comparison ----------------------------------------------------------------------
+    # -- baseline entries ----------------------------------------------------------------
 
-    def compare(self, states: list[FileState]) -> list[tuple[FileState, FileState | None]]:
-        """Stage a batch; return (now, baseline) for each entry that is not exactly as before.
+    def write(self, rows: list[Row]) -> None:
+        """Store entries as the new baseline (at commit)."""
+        self._conn.executemany(
+            f"INSERT OR REPLACE INTO files VALUES ({', '.join('?' * 12)}, {self._now})", rows
+        )
 
-        Writers also store every verified entry as the new baseline, in the open transaction.
-        """
-        c = self._conn
-        c.executemany(f"INSERT INTO temp.batch VALUES ({', '.join('?' * 13)})", states)
-        rows = c.execute(
-            f"SELECT b.*, f.{_COLUMNS.replace(', ', ', f.')} FROM temp.batch b "
-            f"LEFT JOIN files f ON f.path = b.path WHERE b.type != 'missing' AND "
-            f"(b.error_type IS NOT NULL OR f.path IS NULL OR {_DIFFERS})"
-        ).fetchall()
-        if self.writable:
-            c.execute(
-                f"INSERT OR REPLACE INTO files SELECT {_COLUMNS}, ? FROM temp.batch "
-                "WHERE error_type IS NULL AND type != 'missing'",
-                (self._now,),
+    def delete(self, paths: list[bytes]) -> None:
+        """Drop entries and everything below them from the baseline (at commit)."""
+        for path in paths:
+            self._conn.execute(
+                f"DELETE FROM files WHERE (parent = ? AND name = ?) OR {_BELOW}",
+                (*split(path), *_below(path)),
             )
-        c.execute(
-            "INSERT OR IGNORE INTO temp.seen SELECT path FROM temp.batch WHERE type != 'missing'"
-        )
-        c.execute("DELETE FROM temp.batch")
-        return [
-            (FileState(*r[:13]), FileState(*r[13:24]) if r[13] is not None else None) for r in rows
-        ]
 
-    def unseen(self, start: bytes) -> Iterator[FileState]:
-        """Baseline entries under ``start`` that this run has not seen."""
-        cond, params = in_scope(start)
-        yield from (
-            FileState(*r)
-            for r in self._conn.execute(
-                f"SELECT {_COLUMNS} FROM files WHERE {cond} "
-                "AND NOT EXISTS (SELECT 1 FROM temp.seen s WHERE s.path = files.path) "
-                "ORDER BY path",
-                params,
-            )
-        )
-
-    def count(self, start: bytes) -> int:
-        """Number of baseline entries under ``start``."""
-        cond, params = in_scope(start)
-        return int(
-            self._conn.execute(f"SELECT count(*) FROM files WHERE {cond}", params).fetchone()[0]
-        )
-
-    def mark_gone(self, path: bytes) -> None:
-        """Drop an entry from the baseline once ``drop_gone`` runs (safe while iterating)."""
-        self._conn.execute("INSERT OR IGNORE INTO temp.gone VALUES (?)", (path,))
-
-    def drop_gone(self) -> None:
-        """Delete the entries marked gone, in the open transaction."""
-        self._conn.execute("DELETE FROM files WHERE path IN (SELECT path FROM temp.gone)")
-        self._conn.execute("DELETE FROM temp.gone")
+    def count_below(self, directory: bytes) -> int:
+        """Number of baseline entries below ``directory``."""
+        sql = f"SELECT count(*) FROM files WHERE {_BELOW}"
+        return int(self._conn.execute(sql, _below(directory)).fetchone()[0])
 
     def lookup(self, path: bytes) -> FileState | None:
         """The baseline entry for one path."""
-        row = self._conn.execute(f"SELECT {_COLUMNS} FROM files WHERE path = ?", (path,)).fetchone()
-        return FileState(*row) if row else None
+        return BaselineReader.lookup_in(self._conn, path)
 
     # -- findings, kept on disk so that the report can be sorted in bounded memory --------
 
@@ -254,6 +244,46 @@ class ManifestStore:
         """The kept findings, ordered by path."""
         for (data,) in self._conn.execute("SELECT data FROM temp.findings ORDER BY path, rowid"):
             yield data
+
+
+class BaselineReader:
+    """Read-only access to the committed baseline, for the hash workers."""
+
+    def __init__(self, path: bytes) -> None:
+        uri = "file:" + urllib.parse.quote(os.fsdecode(path)) + "?mode=ro"
+        try:
+            self._conn = sqlite3.connect(
+                uri, uri=True, timeout=LOCK_TIMEOUT_S, isolation_level=None
+            )
+            self._conn.execute("BEGIN")  # one snapshot for the whole run
+        except sqlite3.Error as e:
+            raise _sqlite_error(path, e) from e
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._conn.close()
+
+    def children(self, directory: bytes) -> list[tuple[Any, ...]]:
+        """(name, type, size, ..., target) of every baseline entry directly in ``directory``."""
+        sql = f"SELECT name, {_STATE} FROM files WHERE parent = ?"
+        return self._conn.execute(sql, (directory,)).fetchall()
+
+    def below(self, directory: bytes) -> Iterator[FileState]:
+        """Every baseline entry below ``directory``, in path order."""
+        sql = f"SELECT parent, name, {_STATE} FROM files WHERE {_BELOW} ORDER BY parent, name"
+        for row in self._conn.execute(sql, _below(directory)):
+            yield _state(join(row[0], row[1]), row[2:])
+
+    def lookup(self, path: bytes) -> FileState | None:
+        """The baseline entry for one path."""
+        return self.lookup_in(self._conn, path)
+
+    @staticmethod
+    def lookup_in(conn: sqlite3.Connection, path: bytes) -> FileState | None:
+        """The baseline entry for ``path`` through ``conn``."""
+        sql = f"SELECT {_STATE} FROM files WHERE parent = ? AND name = ?"
+        row = conn.execute(sql, split(path)).fetchone()
+        return _state(path, row) if row else None
 
 
 class _Guard:

@@ -1,20 +1,19 @@
-"""Process supervision: long-lived hash workers and the collector process.
+"""Process supervision: long-lived hash workers, their tasks, and the collector process.
 
 Each worker has a pipe of its own to the main process instead of a shared queue: a
 worker killed while it holds a shared queue's lock (SIGKILL, the OOM killer) would leave
-that queue unusable for every other worker. Main sends batches of work, at most
-``INFLIGHT`` per worker, and forwards each result batch to the collector as raw bytes,
-without unpickling it. When a worker dies, the batches it held are sent to its
-replacement once; a batch that kills a worker twice is reported as unverifiable rather
-than silently skipped.
+that queue unusable for every other worker. Main keeps a stack of tasks (depth first,
+so it stays small), sends at most ``INFLIGHT`` to each worker, pushes the tasks each one
+spawns (subdirectories, large files) back onto the stack, and forwards each report to
+the collector as bytes, without unpickling it. When a worker dies, the tasks it held go
+to its replacement once; a task that kills a worker twice is handed to ``on_lost``, so
+its files are reported as unverifiable rather than silently skipped.
 """
 
 from __future__ import annotations
 
 import contextlib
 import pickle
-import signal
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -25,10 +24,8 @@ from typing import Any, Self
 import structlog
 
 from integrityd import errors
-from integrityd.config import LogConfig
 from integrityd.errors import CollectorDied, IntegritydError, WorkerDied
-from integrityd.events import Failed, Finish, Ready, Summary, Work
-from integrityd.hashing import Hasher, failed
+from integrityd.events import Failed, Finish, Ready, Summary, Task
 
 log = structlog.get_logger()
 
@@ -36,55 +33,38 @@ INFLIGHT = 2
 STOP_TIMEOUT_S = 5.0
 
 
-def _worker_main(conn: Connection, chunk_size: int, log_cfg: LogConfig) -> None:
-    from integrityd import logsetup  # noqa: PLC0415 - children configure their own logging
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process owns shutdown
-    logsetup.configure(log_cfg)
-    hasher = Hasher(chunk_size)
-    state = hasher.state
-    try:
-        while (batch := conn.recv()) is not None:
-            conn.send([state(path, hint) for path, hint, _ in batch])
-    except (EOFError, BrokenPipeError):
-        pass  # the main process is gone; nobody wants our results
-
-
-@dataclass
-class _Batch:
-    items: list[Work]
-    tries: int = 0
-
-
 @dataclass
 class _Worker:
     proc: BaseProcess
     conn: Connection
-    inflight: deque[_Batch] = field(default_factory=deque)
+    inflight: list[tuple[Task, int]] = field(default_factory=list)  # (task, earlier tries)
 
 
 class WorkerPool:
-    """N hash workers; results go to ``deliver`` as pickled ``list[FileState]`` bytes."""
+    """N worker processes running ``target(conn, *args)``; reports go to ``deliver``."""
 
     def __init__(
         self,
         ctx: ForkServerContext,
         *,
         count: int,
-        chunk_size: int,
-        log_cfg: LogConfig,
+        target: Callable[..., None],
+        args: tuple[Any, ...],
         deliver: Callable[[bytes], None],
+        on_lost: Callable[[Task, str], None],
         guard: Sequence[Any] = (),
         on_guard: Callable[[], None] = lambda: None,
     ) -> None:
         self._ctx = ctx
         self._count = count
-        self._args = (chunk_size, log_cfg)
+        self._target = target
+        self._args = args
         self._deliver = deliver
+        self._on_lost = on_lost
         self._guard = list(guard)
         self._on_guard = on_guard
         self._workers: list[_Worker] = []
-        self._retry: deque[_Batch] = deque()
+        self._pending: list[tuple[Task, int]] = []
         self._restarts_left = 2 * count + 4
         self.restarts = 0
 
@@ -98,36 +78,30 @@ class WorkerPool:
 
     def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe(duplex=True)
-        proc = self._ctx.Process(target=_worker_main, args=(child, *self._args), name="hasher")
+        proc = self._ctx.Process(target=self._target, args=(child, *self._args), name="hasher")
         proc.start()
         child.close()  # so that the worker's death reads as EOF here
         log.debug("worker_started", pid=proc.pid)
         return _Worker(proc, parent)
 
-    def submit(self, items: list[Work]) -> None:
-        """Hand a batch to the least busy worker, waiting while all are full."""
-        self._retry.append(_Batch(items))
-        self._dispatch()
+    def submit(self, task: Task) -> None:
+        """Add a task; ``run`` carries it out."""
+        self._pending.append((task, 0))
 
-    def _dispatch(self) -> None:
-        while self._retry:
-            worker = min(self._workers, key=lambda w: len(w.inflight))
-            if len(worker.inflight) >= INFLIGHT:
-                self._poll()
-                continue
-            batch = self._retry.popleft()
-            worker.inflight.append(batch)
-            try:
-                worker.conn.send(batch.items)
-            except (BrokenPipeError, ConnectionResetError):
-                self._replace(worker)
-
-    def drain(self) -> None:
-        """Wait until every submitted batch has been delivered."""
-        while self._retry or any(w.inflight for w in self._workers):
-            self._dispatch()
-            if any(w.inflight for w in self._workers):
-                self._poll()
+    def run(self) -> None:
+        """Carry out every task and every task they spawn."""
+        while self._pending or any(w.inflight for w in self._workers):
+            while self._pending:
+                worker = min(self._workers, key=lambda w: len(w.inflight))
+                if len(worker.inflight) >= INFLIGHT:
+                    break
+                item = self._pending.pop()
+                worker.inflight.append(item)
+                try:
+                    worker.conn.send(item[0])
+                except OSError:
+                    self._replace(worker)
+            self._poll()
 
     def _poll(self) -> None:
         by_key: dict[Any, _Worker] = {}
@@ -150,11 +124,13 @@ class WorkerPool:
                 self._replace(worker)
 
     def _receive(self, worker: _Worker) -> None:
-        self._deliver(worker.conn.recv_bytes())
-        worker.inflight.popleft()
+        spawned, report = worker.conn.recv()
+        worker.inflight.pop(0)
+        self._pending.extend((task, 0) for task in spawned)
+        self._deliver(report)
 
     def _replace(self, worker: _Worker) -> None:
-        # Results the worker finished before it died are still in the pipe.
+        # Reports the worker finished before it died are still in the pipe.
         try:
             while worker.inflight and worker.conn.poll():
                 self._receive(worker)
@@ -164,21 +140,18 @@ class WorkerPool:
         worker.conn.close()
         self._workers.remove(worker)
         code = worker.proc.exitcode
-        log.warning("worker_died", pid=worker.proc.pid, exitcode=code, batches=len(worker.inflight))
+        log.warning("worker_died", pid=worker.proc.pid, exitcode=code, tasks=len(worker.inflight))
         self.restarts += 1
         if self._restarts_left == 0:
             msg = f"hash workers keep dying (last: pid {worker.proc.pid}, exit code {code})"
             raise WorkerDied(msg)
         self._restarts_left -= 1
         self._workers.append(self._spawn())
-        for batch in reversed(worker.inflight):
-            batch.tries += 1
-            if batch.tries > 1:
-                reason = f"the worker hashing it died twice (exit code {code})"
-                lost = [failed(path, "worker_died", reason) for path, _, _ in batch.items]
-                self._deliver(pickle.dumps(lost))
+        for task, tries in worker.inflight:
+            if tries:
+                self._on_lost(task, f"the worker hashing it died twice (exit code {code})")
             else:
-                self._retry.appendleft(batch)
+                self._pending.append((task, tries + 1))
 
     def stop(self, graceful: bool) -> None:
         """Stop every worker: by sentinel after a normal run, at once after an error."""

@@ -1,18 +1,16 @@
-"""List what lies under a scope, iteratively, without following symlinks.
+"""List directories one at a time, without following symlinks.
 
-The walker yields work items for the hash workers and ``DirUnreadable`` for directories
-it cannot list, so that nothing below them is mistaken for removed. It stays on the
-root's filesystem unless the root says ``one_filesystem: false``: a mount point is
-recorded as a directory but not entered.
+Walking is spread over the hash workers: each lists a directory, and the directories it
+finds become new tasks. Listing stays on the root's filesystem unless the root says
+``one_filesystem: false``: a mount point is recorded as a directory but not entered.
 """
 
 from __future__ import annotations
 
 import os
-import stat
-from collections.abc import Iterator
+from dataclasses import dataclass, field
 
-from integrityd.events import HINT_FILE, HINT_OTHER, DirUnreadable, Scope, Work
+from integrityd.events import HINT_FILE, HINT_OTHER
 from integrityd.exclude import Excluder
 
 
@@ -25,59 +23,54 @@ def relative(root: bytes, path: bytes) -> bytes:
     return path[len(root.rstrip(b"/")) + 1 :]
 
 
-def walk(scope: Scope, skip: frozenset[bytes]) -> Iterator[Work | DirUnreadable]:
-    """Yield every entry of the scope; ``scope.start`` must exist (lstat raises otherwise)."""
-    top = os.lstat(scope.start)
-    if not stat.S_ISDIR(top.st_mode):
-        yield (scope.start, HINT_FILE if stat.S_ISREG(top.st_mode) else HINT_OTHER, top.st_size)
-        return
-    yield (scope.start, HINT_OTHER, 0)
-    excluder = Excluder(scope.root.exclude)
-    device = top.st_dev if scope.root.one_filesystem else None
-    stack = [scope.start]
-    while stack:
-        directory = stack.pop()
-        try:
-            with os.scandir(directory) as entries:
-                yield from _entries(
-                    scope.root.path, directory, entries, excluder, skip, device, stack
-                )
-        except FileNotFoundError:
-            continue
-        except OSError as e:
-            yield DirUnreadable(directory, _describe(e))
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """One directory's entries; ``subdirs`` are the ones to descend into."""
+
+    entries: list[tuple[bytes, bytes, str]] = field(default_factory=list)  # (name, path, hint)
+    subdirs: list[bytes] = field(default_factory=list)
+    error: str | None = None
 
 
-def _entries(  # noqa: PLR0917 - private helper of walk(), called once
-    root: bytes,
+def list_dir(
     directory: bytes,
-    entries: Iterator[os.DirEntry[bytes]],
+    root: bytes,
     excluder: Excluder,
     skip: frozenset[bytes],
     device: int | None,
-    stack: list[bytes],
-) -> Iterator[Work]:
-    """Work items for one directory's entries; subdirectories to enter go onto ``stack``."""
+) -> Listing:
+    """List ``directory`` using only the entry types getdents returns (no stat per file).
+
+    ``device`` is the root's st_dev when the walk must stay on one filesystem.
+    A directory that vanished lists as empty, so its baseline entries read as removed.
+    """
+    out = Listing()
     prefix = directory.rstrip(b"/") + b"/"
-    for entry in entries:
-        path = prefix + entry.name
-        if path in skip:
-            continue
-        try:
-            st = entry.stat(follow_symlinks=False)
-        except FileNotFoundError:
-            continue  # gone already; if it was baselined, it is reported removed
-        except OSError:
-            yield (path, HINT_FILE, 0)  # the worker will report why
-            continue
-        is_dir = stat.S_ISDIR(st.st_mode)
-        if excluder and excluder.matches(relative(root, path), is_dir):
-            continue
-        if is_dir:
-            yield (path, HINT_OTHER, 0)
-            if device is None or st.st_dev == device:
-                stack.append(path)
-        elif stat.S_ISREG(st.st_mode):
-            yield (path, HINT_FILE, st.st_size)
-        else:
-            yield (path, HINT_OTHER, 0)
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                path = prefix + entry.name
+                if path in skip:
+                    continue
+                try:
+                    is_dir = entry.is_dir(follow_symlinks=False)
+                    is_file = not is_dir and entry.is_file(follow_symlinks=False)
+                except OSError:
+                    is_dir = is_file = False  # the worker's lstat will say what it is
+                if excluder and excluder.matches(relative(root, path), is_dir):
+                    continue
+                out.entries.append((entry.name, path, HINT_FILE if is_file else HINT_OTHER))
+                if is_dir and (device is None or _device(entry) == device):
+                    out.subdirs.append(path)
+    except FileNotFoundError:
+        return Listing()
+    except OSError as e:
+        return Listing(error=_describe(e))
+    return out
+
+
+def _device(entry: os.DirEntry[bytes]) -> int | None:
+    try:
+        return entry.stat(follow_symlinks=False).st_dev
+    except OSError:
+        return None

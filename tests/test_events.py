@@ -8,16 +8,17 @@ import pytest
 
 from integrityd.config import RootConfig
 from integrityd.events import (
-    DirUnreadable,
+    DirTask,
     Failed,
     FileState,
+    FileTask,
     Finding,
     Finish,
     Job,
     Ready,
+    Report,
     Scope,
     Summary,
-    WalkProgress,
 )
 
 STATE = FileState(b"/r/\xff", "file", 1, 2, 3, 4, 0o644, 5, 6, b"\x00" * 32, None)
@@ -25,8 +26,16 @@ STATE = FileState(b"/r/\xff", "file", 1, 2, 3, 4, 0o644, 5, 6, b"\x00" * 32, Non
 MESSAGES = [
     STATE,
     [STATE, STATE._replace(error_type="io", error="EIO")],
-    DirUnreadable(b"/r/d", "PermissionError"),
-    WalkProgress(10, 1000, done=True),
+    DirTask(b"/r/d", 0),
+    FileTask((b"/r/a", b"/r/\xfe"), 1),
+    Report(
+        2,
+        10,
+        [Finding("added", b"/r/a", None, STATE)],
+        [(b"/r", b"a", "file")],
+        [b"/r/x"],
+        [(b"/r/d", "permission", "PermissionError: denied")],
+    ),
     Finish(),
     Ready(),
     Failed("ManifestLocked", "locked", 20),

@@ -45,7 +45,7 @@ def slow_tree(tree: Path) -> Path:
 def dump(manifest: Path) -> list[tuple[object, ...]]:
     """The baseline rows, read straight from SQLite."""
     with sqlite3.connect(manifest) as c:
-        return c.execute("SELECT * FROM files ORDER BY path").fetchall()
+        return c.execute("SELECT * FROM files ORDER BY parent, name").fetchall()
 
 
 def hashing_pid(

@@ -1,0 +1,176 @@
+"""A hash worker's unit of work: one directory (or a few files) against the baseline.
+
+The worker lists the directory, hashes what it holds, reads the directory's baseline
+entries in one query and compares. Unchanged entries stop here; only findings, rows to
+write and paths to delete go on to the collector, so the single collector does work in
+proportion to the differences, not to the tree. A baseline entry the listing lacks is
+removed; if it was a directory, so is everything below it.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+from multiprocessing.connection import Connection
+
+from integrityd import logsetup
+from integrityd.compare import classify
+from integrityd.events import (
+    HINT_FILE,
+    DirTask,
+    FileState,
+    FileTask,
+    Finding,
+    Job,
+    Report,
+    Task,
+)
+from integrityd.exclude import Excluder
+from integrityd.hashing import Hasher
+from integrityd.manifest import BaselineReader, split
+from integrityd.walk import list_dir, relative
+
+LARGE_FILE = 16 << 20  # hashed as a task of its own, so large files spread over workers
+HUGE_DIR = 2048  # a directory with more files than this is hashed by several workers
+FILES_PER_TASK = 512
+
+
+class _Found:
+    """What a task has found so far; becomes a Report once the task is done."""
+
+    def __init__(self) -> None:
+        self.files = 0
+        self.bytes = 0
+        self.findings: list[Finding] = []
+        self.rows: list[tuple[object, ...]] = []
+        self.deletes: list[bytes] = []
+        self.unreadable_dirs: list[tuple[bytes, str, str]] = []
+
+    def report(self) -> Report:
+        return Report(
+            self.files, self.bytes, self.findings, self.rows, self.deletes, self.unreadable_dirs
+        )
+
+
+class Scanner:
+    """Per-worker state: the hash buffer, a baseline reader, and each scope's rules."""
+
+    def __init__(self, job: Job, chunk_size: int) -> None:
+        self.job = job
+        self.writes = job.command != "check"
+        self.hasher = Hasher(chunk_size)
+        self.baseline = BaselineReader(job.manifest)
+        self.excluders = [Excluder(s.root.exclude) for s in job.scopes]
+        self.attrs = [frozenset(s.root.check) for s in job.scopes]
+        self.devices = [_device(s.start) if s.root.one_filesystem else None for s in job.scopes]
+
+    def close(self) -> None:
+        """Release the baseline reader."""
+        self.baseline.close()
+
+    def run(self, task: Task) -> tuple[list[Task], Report]:
+        """Do one task; return the tasks it spawned and what it found."""
+        found = _Found()
+        spawned = (
+            self._directory(task, found) if isinstance(task, DirTask) else self._files(task, found)
+        )
+        return spawned, found.report()
+
+    def _directory(self, task: DirTask, found: _Found) -> list[Task]:
+        scope = self.job.scopes[task.scope]
+        listing = list_dir(
+            task.path,
+            scope.root.path,
+            self.excluders[task.scope],
+            self.job.skip,
+            self.devices[task.scope],
+        )
+        if listing.error is not None:
+            kind = "permission" if listing.error.startswith("PermissionError") else "os"
+            found.unreadable_dirs.append((task.path, kind, listing.error))
+            return []
+        spawned: list[Task] = [DirTask(d, task.scope) for d in listing.subdirs]
+        baseline = {row[0]: row for row in self.baseline.children(task.path)}
+        huge = len(listing.entries) > HUGE_DIR
+        deferred: list[bytes] = []
+        hashed = 0
+        for name, path, hint in listing.entries:
+            if huge and hint == HINT_FILE:
+                hashed += 1
+                if hashed > FILES_PER_TASK:
+                    deferred.append(path)  # compared by whichever worker hashes it
+                    baseline.pop(name, None)
+                    continue
+            state = self.hasher.state(path, hint, defer_above=LARGE_FILE)
+            if state is None:
+                spawned.append(FileTask((path,), task.scope))
+                baseline.pop(name, None)
+            elif state.type != "missing":  # one that vanished stays in `baseline`: removed
+                self._compare(found, task.scope, state, baseline.pop(name, None))
+        for i in range(0, len(deferred), FILES_PER_TASK):
+            spawned.append(FileTask(tuple(deferred[i : i + FILES_PER_TASK]), task.scope))
+        for name, row in baseline.items():
+            self._removed(found, task.scope, FileState(os.path.join(task.path, name), *row[1:]))
+        return spawned
+
+    def _files(self, task: FileTask, found: _Found) -> list[Task]:
+        for path in task.paths:
+            state = self.hasher.state(path, HINT_FILE)
+            old = self.baseline.lookup(path)
+            if state.type != "missing":
+                self._compare(found, task.scope, state, (b"", *old[1:11]) if old else None)
+            elif old is not None:
+                self._removed(found, task.scope, old)
+        return []
+
+    def _compare(
+        self, found: _Found, scope: int, state: FileState, row: tuple[object, ...] | None
+    ) -> None:
+        found.files += 1
+        if state.type == "file":
+            found.bytes += state.size
+        if row is not None and state.error_type is None and row[1:] == state[1:11]:
+            return  # the common case: exactly as in the baseline
+        old = FileState(state.path, *row[1:]) if row is not None else None  # type: ignore[arg-type]
+        finding = classify(old, state, self.attrs[scope])
+        if finding is not None and (finding.action == "unreadable" or self.job.command != "init"):
+            found.findings.append(finding)
+        if self.writes and state.error_type is None:
+            found.rows.append((*split(state.path), *state[1:11]))
+
+    def _removed(self, found: _Found, scope: int, old: FileState) -> None:
+        root = self.job.scopes[scope].root.path
+        excluded = old.path in self.job.skip or self.excluders[scope].excludes(
+            relative(root, old.path)
+        )
+        if not excluded and self.job.command != "init":
+            found.findings.append(Finding("removed", old.path, old, None))
+            if old.type == "dir":
+                found.findings.extend(
+                    Finding("removed", b.path, b, None) for b in self.baseline.below(old.path)
+                )
+        if self.writes:
+            found.deletes.append(old.path)
+
+
+def _device(path: bytes) -> int | None:
+    try:
+        return os.lstat(path).st_dev
+    except OSError:
+        return None
+
+
+def worker_main(conn: Connection, job: Job, chunk_size: int) -> None:
+    """Hash worker process: take tasks until the None sentinel or until main is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process owns shutdown
+    logsetup.configure(job.log)
+    scanner = Scanner(job, chunk_size)
+    try:
+        while (task := conn.recv()) is not None:
+            spawned, report = scanner.run(task)
+            conn.send((spawned, pickle.dumps(report, pickle.HIGHEST_PROTOCOL)))
+    except (EOFError, BrokenPipeError):
+        pass  # the main process is gone; nobody wants our results
+    finally:
+        scanner.close()

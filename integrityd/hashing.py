@@ -77,6 +77,7 @@ class Hasher:
     def __init__(self, chunk_size: int) -> None:
         self._buf = bytearray(chunk_size)
         self._view = memoryview(self._buf)
+        self._flags = _OPEN_FLAGS | _NOATIME
 
     @overload
     def state(self, path: bytes, hint: str) -> FileState: ...
@@ -92,13 +93,17 @@ class Hasher:
         if hint != HINT_FILE:
             return self._lstat(path)
         try:
-            fd = self._open(path)
-        except FileNotFoundError:
-            return missing(path)
+            fd = os.open(path, self._flags)
+        except PermissionError as e:
+            if not _NOATIME:
+                return self._open_failed(path, e)
+            # O_NOATIME needs file ownership (or CAP_FOWNER); read without it.
+            try:
+                fd = os.open(path, _OPEN_FLAGS)
+            except OSError as e2:
+                return self._open_failed(path, e2)
         except OSError as e:
-            if e.errno == errno.ELOOP:  # became a symlink since the walk
-                return self._lstat(path)
-            return failed(path, _error_type(e), _describe(e))
+            return self._open_failed(path, e)
         try:
             return self._read(fd, path, defer_above)
         except OSError as e:
@@ -106,14 +111,12 @@ class Hasher:
         finally:
             os.close(fd)
 
-    @staticmethod
-    def _open(path: bytes) -> int:
-        if _NOATIME:
-            try:
-                return os.open(path, _OPEN_FLAGS | _NOATIME)
-            except PermissionError:
-                pass  # O_NOATIME needs file ownership (or CAP_FOWNER); read without it
-        return os.open(path, _OPEN_FLAGS)
+    def _open_failed(self, path: bytes, e: OSError) -> FileState:
+        if e.errno == errno.ENOENT:
+            return missing(path)
+        if e.errno == errno.ELOOP:  # became a symlink since the listing
+            return self._lstat(path)
+        return failed(path, _error_type(e), _describe(e))
 
     def _lstat(self, path: bytes) -> FileState:
         try:

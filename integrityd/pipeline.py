@@ -29,7 +29,7 @@ from integrityd.events import Failed, Finish, Ready, Summary, Task
 
 log = structlog.get_logger()
 
-INFLIGHT = 2
+INFLIGHT = 4  # tasks queued per worker, so that none waits for the main process
 STOP_TIMEOUT_S = 5.0
 
 

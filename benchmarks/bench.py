@@ -44,13 +44,14 @@ class Corpus:
             return [min(int(rng.expovariate(1 / 4096)), 16 << 10) for _ in range(self.files)]
         if self.name == "mixed":  # log-normal, mean ~107 KB, ~2 GiB in all
             return [min(int(rng.lognormvariate(10.46, 1.5)), 64 << 20) for _ in range(self.files)]
-        return [512 << 20] * self.files
+        return [(4 << 30) // self.files] * self.files  # 4 GiB in equal files
 
 
 CORPORA = {
     "small": Corpus("small", 100_000, 2_000, "100,000 files of 0-16 KiB in 2,000 dirs"),
     "mixed": Corpus("mixed", 20_000, 400, "20,000 files, log-normal sizes, ~2 GiB"),
     "large": Corpus("large", 8, 1, "8 files of 512 MiB"),
+    "large32": Corpus("large32", 32, 1, "32 files of 128 MiB (enough to keep 16 cores busy)"),
 }
 
 
@@ -159,12 +160,23 @@ def one_core_sha256() -> float:
     return best
 
 
+def corpus_files(root: Path) -> int:
+    """Number of corpus files (from the generator's layout, without walking the tree)."""
+    return next(c.files for c in CORPORA.values() if c.name == root.name)
+
+
+def xargs(root: Path, workers: int, files: int) -> str:
+    """Build `find | xargs -P`, with few enough files per process to keep all busy."""
+    per = max(1, min(2000, files // (workers * 4)))
+    return f"find {root} -type f -name 'f*' -print0 | xargs -0 -P{workers} -n {per}"
+
+
 def commands(root: Path, work: Path, workers: int) -> dict[str, tuple[str, str | None]]:
     """Map tool name -> (timed command, setup command run before each timed run)."""
     exe = f"{sys.executable} -m integrityd"
     m = work / "m.db"
     w = workers
-    find = f"find {root} -type f -name 'f*' -print0 | xargs -0 -P{w} -n 2000"
+    find = xargs(root, w, corpus_files(root))
     cmds: dict[str, tuple[str, str | None]] = {
         "integrityd init": (f"{exe} init -m {m} -j {w} --no-progress {root}", f"rm -f {m}*"),
         "integrityd check": (f"{exe} check -m {m} -j {w} --no-progress", None),

@@ -94,16 +94,16 @@ class Hasher:
             return self._lstat(path)
         try:
             fd = os.open(path, self._flags)
-        except PermissionError as e:
-            if not _NOATIME:
+        except OSError as e:
+            if not (self._flags & _NOATIME and e.errno in (errno.EPERM, errno.EINVAL)):
                 return self._open_failed(path, e)
-            # O_NOATIME needs file ownership (or CAP_FOWNER); read without it.
+            if e.errno == errno.EINVAL:
+                self._flags = _OPEN_FLAGS  # this kernel or filesystem has no O_NOATIME
+            # Otherwise O_NOATIME needs file ownership (or CAP_FOWNER): read without it.
             try:
                 fd = os.open(path, _OPEN_FLAGS)
             except OSError as e2:
                 return self._open_failed(path, e2)
-        except OSError as e:
-            return self._open_failed(path, e)
         try:
             return self._read(fd, path, defer_above)
         except OSError as e:

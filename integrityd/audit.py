@@ -105,8 +105,7 @@ def resolve_scopes(
 
 def run(job: Job, cfg: Config) -> Summary:
     """Scan, hash and compare every scope of the job; return the collector's summary."""
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["integrityd.collector", "integrityd.scan"])
+    ctx = multiprocessing.get_context("forkserver")  # cli starts it early, with a preload
     handle = CollectorHandle(ctx, collector.run, job)
 
     def lost(task: Task, reason: str) -> None:

@@ -1,24 +1,32 @@
-"""Command line: ``main(argv) -> exit code``; the only place that maps errors to codes."""
+"""Command line: ``main(argv) -> exit code``; the only place that maps errors to codes.
+
+Start-up time matters for a command people run by hand and scripts run often: the
+command line is parsed with light imports only, then the process server that forks the
+workers is started, and the heavy modules (structlog, SQLite, YAML) are imported here
+while that server imports them in parallel.
+"""
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import multiprocessing.forkserver
 import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import structlog
-
-from integrityd import __version__, audit, config, logsetup
-from integrityd.config import Config, LogConfig
+from integrityd import __version__
 from integrityd.errors import IntegritydError, Interrupted, UsageError
-from integrityd.events import Command, Job
-from integrityd.manifest import journal_files
 
-log = structlog.get_logger()
+if TYPE_CHECKING:
+    from integrityd.config import Config
+    from integrityd.events import Command
+
+FORKSERVER_PRELOAD = ["integrityd.collector", "integrityd.scan"]
+"""Imported once by the process server, so that each forked worker starts ready."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,14 +47,22 @@ def _abs(path: str) -> bytes:
 
 
 def _load(args: argparse.Namespace) -> Config:
-    cfg = config.load(args.config) if args.config else Config()
+    from integrityd import config, logsetup  # noqa: PLC0415 - see the module docstring
+
+    cfg = config.load(args.config) if args.config else config.Config()
     if getattr(args, "workers", None):
-        cfg = Config(**{**{f: getattr(cfg, f) for f in cfg.__slots__}, "workers": args.workers})
+        cfg = config.Config(
+            **{**{f: getattr(cfg, f) for f in cfg.__slots__}, "workers": args.workers}
+        )
     logsetup.configure(cfg.log)
     return cfg
 
 
 def _audit(command: Command, args: argparse.Namespace) -> int:
+    from integrityd import audit  # noqa: PLC0415 - see the module docstring
+    from integrityd.events import Job  # noqa: PLC0415
+    from integrityd.manifest import journal_files  # noqa: PLC0415
+
     cfg = _load(args)
     manifest = _abs(args.manifest) if args.manifest else cfg.manifest or default_manifest()
     paths = [_abs(p) for p in args.paths]
@@ -79,6 +95,8 @@ def _cmd_accept(args: argparse.Namespace) -> int:
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
+    from integrityd import config  # noqa: PLC0415 - see the module docstring
+
     cfg = config.load(args.file)
     roots = ", ".join(os.fsdecode(r.path) for r in cfg.roots) or "none"
     print(f"{args.file}: ok (roots: {roots})")
@@ -122,20 +140,42 @@ def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
     raise Interrupted(signum)
 
 
+def _start_forkserver() -> None:
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
+    multiprocessing.forkserver.ensure_running()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code (findings bits, or a fatal code)."""
-    logsetup.configure(LogConfig())
     signal.signal(signal.SIGINT, _raise_interrupted)
     signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
         args = _parser().parse_args(argv)
+        if args.func in (_cmd_init, _cmd_check, _cmd_accept):
+            _start_forkserver()
+        from integrityd import logsetup  # noqa: PLC0415 - see the module docstring
+        from integrityd.config import LogConfig  # noqa: PLC0415
+
+        logsetup.configure(LogConfig())
         code: int = args.func(args)
     except Interrupted as e:
-        log.error("interrupted", message=str(e), signal=e.signum)
+        _log().error("interrupted", message=str(e), signal=e.signum)
         return e.code
     except IntegritydError as e:
-        log.error(
+        _log().error(
             "fatal_error", message=str(e), error_type=type(e).__name__, exit_code=int(e.exit_code)
         )
         return int(e.exit_code)
     return code
+
+
+def _log() -> Any:  # noqa: ANN401 - a structlog logger
+    import structlog  # noqa: PLC0415 - see the module docstring
+
+    from integrityd import logsetup  # noqa: PLC0415
+    from integrityd.config import LogConfig  # noqa: PLC0415
+
+    if not structlog.is_configured():
+        logsetup.configure(LogConfig())
+    return structlog.get_logger()

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import pickle
+import selectors
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
 from typing import Any, Self
@@ -65,6 +66,11 @@ class WorkerPool:
         self._on_guard = on_guard
         self._workers: list[_Worker] = []
         self._pending: list[tuple[Task, int]] = []
+        # One epoll set for the whole run: multiprocessing.connection.wait() would build
+        # and fill a new one on every call, which at 16 workers limits the dispatch rate.
+        self._selector = selectors.DefaultSelector()
+        for g in self._guard:
+            self._selector.register(g, selectors.EVENT_READ, None)
         self._restarts_left = 2 * count + 4
         self.restarts = 0
 
@@ -82,7 +88,10 @@ class WorkerPool:
         proc.start()
         child.close()  # so that the worker's death reads as EOF here
         log.debug("worker_started", pid=proc.pid)
-        return _Worker(proc, parent)
+        worker = _Worker(proc, parent)
+        self._selector.register(parent, selectors.EVENT_READ, worker)
+        self._selector.register(proc.sentinel, selectors.EVENT_READ, worker)
+        return worker
 
     def submit(self, task: Task) -> None:
         """Add a task; ``run`` carries it out."""
@@ -104,18 +113,13 @@ class WorkerPool:
             self._poll()
 
     def _poll(self) -> None:
-        by_key: dict[Any, _Worker] = {}
-        for w in self._workers:
-            by_key[w.conn] = w
-            by_key[w.proc.sentinel] = w
-        for ready in wait([*by_key, *self._guard]):
-            if ready in self._guard:
+        for key, _ in self._selector.select():
+            worker = key.data
+            if worker is None:
                 self._on_guard()
-                continue
-            worker = by_key[ready]
-            if worker not in self._workers:
+            elif worker not in self._workers:
                 continue  # already replaced during this round
-            if ready is worker.conn:
+            elif key.fileobj is worker.conn:
                 try:
                     self._receive(worker)
                 except (EOFError, OSError):
@@ -137,7 +141,7 @@ class WorkerPool:
         except (EOFError, OSError):
             pass
         worker.proc.join(STOP_TIMEOUT_S)
-        worker.conn.close()
+        self._forget(worker)
         self._workers.remove(worker)
         code = worker.proc.exitcode
         log.warning("worker_died", pid=worker.proc.pid, exitcode=code, tasks=len(worker.inflight))
@@ -153,6 +157,11 @@ class WorkerPool:
             else:
                 self._pending.append((task, tries + 1))
 
+    def _forget(self, worker: _Worker) -> None:
+        self._selector.unregister(worker.conn)
+        self._selector.unregister(worker.proc.sentinel)
+        worker.conn.close()
+
     def stop(self, graceful: bool) -> None:
         """Stop every worker: by sentinel after a normal run, at once after an error."""
         for w in self._workers:
@@ -167,9 +176,10 @@ class WorkerPool:
                 log.warning("worker_killed", pid=w.proc.pid)
                 w.proc.kill()
                 w.proc.join()
-            w.conn.close()
+            self._forget(w)
             w.proc.close()
         self._workers.clear()
+        self._selector.close()
 
 
 class CollectorHandle:

@@ -9,6 +9,7 @@ while that server imports them in parallel.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import multiprocessing
 import multiprocessing.forkserver
 import os
@@ -51,9 +52,7 @@ def _load(args: argparse.Namespace) -> Config:
 
     cfg = config.load(args.config) if args.config else config.Config()
     if getattr(args, "workers", None):
-        cfg = config.Config(
-            **{**{f: getattr(cfg, f) for f in cfg.__slots__}, "workers": args.workers}
-        )
+        cfg = dataclasses.replace(cfg, workers=args.workers)
     logsetup.configure(cfg.log)
     return cfg
 
@@ -103,6 +102,17 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        msg = f"expected a number >= 1, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="integrityd", description="File-integrity checker for Linux.")
     p.add_argument("--version", action="version", version=f"integrityd {__version__}")
@@ -113,7 +123,9 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("-c", "--config", help="YAML config file")
         c.add_argument("-m", "--manifest", help="manifest file (default: see README)")
         c.add_argument("--json", action="store_true", help="one JSON event per line on stdout")
-        c.add_argument("-j", "--workers", type=int, help="hash worker processes (default: CPUs)")
+        c.add_argument(
+            "-j", "--workers", type=_positive, help="hash worker processes (default: CPUs)"
+        )
         c.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
         c.set_defaults(func=func)
         return c

@@ -23,7 +23,7 @@ from integrityd import logsetup
 from integrityd.errors import IntegritydError
 from integrityd.events import Failed, Finding, Finish, Job, Ready, Report, Summary
 from integrityd.hashing import failed
-from integrityd.manifest import ManifestStore
+from integrityd.manifest import ManifestStore, Mode
 from integrityd.report import (
     FINDING_BITS,
     Progress,
@@ -36,13 +36,16 @@ from integrityd.report import (
 log = structlog.get_logger()
 
 
+_MODES: dict[str, Mode] = {"init": "create", "accept": "write", "check": "read"}
+
+
 def run(data: Connection, ctl: Connection, job: Job) -> None:
     """Process entry point: report Ready, then Summary or Failed on ``ctl``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process owns shutdown
     logsetup.configure(job.log)
-    mode = {"init": "create", "accept": "write", "check": "read"}[job.command]
+    mode = _MODES[job.command]
     try:
-        with ManifestStore.open(job.manifest, mode) as store:  # type: ignore[arg-type]
+        with ManifestStore.open(job.manifest, mode) as store:
             ctl.send(Ready())
             with store.guard():
                 collector = _Collector(store, job)
@@ -72,8 +75,7 @@ class _Collector:
         verb = {"init": "baselining", "check": "checking", "accept": "re-hashing"}[job.command]
         self.progress = Progress(sys.stderr if job.progress else None, verb)
         if job.progress and job.command != "init":
-            total = sum(store.count_below(s.start) + 1 for s in job.scopes)
-            self.progress.walked(total, 0, done=True)
+            self.progress.set_total(sum(store.count_below(s.start) + 1 for s in job.scopes))
 
     def receive(self, data: Connection) -> bool:
         """Consume reports until Finish; False if the main process vanished first."""

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any, Literal, Self
 
-from integrityd.config import RootConfig
+from integrityd.config import DEFAULT_CHECK, RootConfig
 from integrityd.errors import ManifestCorrupt, ManifestError, ManifestLocked
 from integrityd.events import FileState
 
@@ -193,7 +193,7 @@ class ManifestStore:
                 RootConfig(
                     path=path,
                     exclude=tuple(o.get("exclude", ())),
-                    check=tuple(o.get("check", RootConfig.__dataclass_fields__["check"].default)),
+                    check=tuple(o.get("check", DEFAULT_CHECK)),
                     one_filesystem=bool(o.get("one_filesystem", True)),
                 )
             )

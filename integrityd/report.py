@@ -200,13 +200,10 @@ class Progress:
         self._start = time.monotonic()
         self._last = 0.0
         self._total: int | None = None
-        self._total_bytes = 0
 
-    def walked(self, files: int, nbytes: int, done: bool) -> None:
-        """Record how much the walk found; totals are final once ``done``."""
-        self._total_bytes = nbytes
-        if done:
-            self._total = files
+    def set_total(self, files: int) -> None:
+        """How many entries to expect (from the baseline), for the ETA."""
+        self._total = files
 
     def update(self, files: int, nbytes: int) -> None:
         """Redraw at most five times a second."""
@@ -218,8 +215,8 @@ class Progress:
         rate = nbytes / elapsed if elapsed else 0.0
         done = f"{files:,}/{self._total:,}" if self._total else f"{files:,}"
         line = f"{self._verb}: {done} files, {human_bytes(nbytes)}, {human_bytes(rate)}/s"
-        if self._total and rate and self._total_bytes > nbytes:
-            eta = int((self._total_bytes - nbytes) / rate)
+        if self._total and files and self._total > files:
+            eta = int((self._total - files) * elapsed / files)
             line += f", ETA {eta // 60}:{eta % 60:02d}"
         self._stream.write("\r\x1b[K" + line)
         self._stream.flush()

@@ -271,6 +271,7 @@ def test_fatal_errors_have_codes_and_one_line(tmp_path: Path, tree: Path, manife
         (("init", "-m", manifest), 16, "init needs PATHs"),
         (("init", "-m", manifest, tmp_path / "nope"), 21, "does not exist"),
         (("frobnicate",), 16, "invalid choice"),
+        (("check", "-m", manifest, "-j", "0"), 16, "expected a number >= 1"),
     ]
     for args, code, text in cases:
         r = integrityd(*args)

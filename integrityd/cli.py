@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import multiprocessing
 import multiprocessing.forkserver
 import os
@@ -23,8 +24,10 @@ from integrityd import __version__
 from integrityd.errors import IntegritydError, Interrupted, UsageError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from integrityd.config import Config
-    from integrityd.events import Command
+    from integrityd.events import Command, FileState
 
 FORKSERVER_PRELOAD = ["integrityd.collector", "integrityd.scan"]
 """Imported once by the process server, so that each forked worker starts ready."""
@@ -93,6 +96,42 @@ def _cmd_accept(args: argparse.Namespace) -> int:
     return _audit("accept", args)
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from integrityd.interop import Exporter  # noqa: PLC0415 - see the module docstring
+    from integrityd.manifest import ManifestStore  # noqa: PLC0415
+
+    cfg = _load(args)
+    manifest = _abs(args.manifest) if args.manifest else cfg.manifest or default_manifest()
+    base = _abs(args.relative_to) if args.relative_to else None
+    exporter = Exporter(args.format, os.fsencode(os.getcwd()))
+    out = sys.stdout.buffer
+    with ManifestStore.open(manifest, "read") as store, store.guard():
+        starts = [_abs(p) for p in args.paths] or (
+            [base] if base else [r.path for r in store.roots()]
+        )
+        named = itertools.chain.from_iterable(_named(store.entries(s), base) for s in starts)
+        for line in exporter.lines(named):
+            out.write(line)
+    out.flush()
+    if exporter.skipped:
+        msg = f"{exporter.skipped} files left out: {args.format} cannot hold names with a newline"
+        _log().warning("export_incomplete", message=msg, skipped=exporter.skipped)
+        return 8
+    return 0
+
+
+def _named(entries: Iterator[FileState], base: bytes | None) -> Iterator[tuple[bytes, FileState]]:
+    """Pair each entry with its name: absolute, or relative to ``base`` (others are skipped)."""
+    prefix = base.rstrip(b"/") + b"/" if base else b""
+    for s in entries:
+        if base is None:
+            yield s.path, s
+        elif s.path == base:
+            yield b".", s
+        elif s.path.startswith(prefix):
+            yield s.path[len(prefix) :], s
+
+
 def _cmd_config_check(args: argparse.Namespace) -> int:
     from integrityd import config  # noqa: PLC0415 - see the module docstring
 
@@ -139,6 +178,18 @@ def _parser() -> argparse.ArgumentParser:
     acc = audit_cmd("accept", _cmd_accept, "re-baseline PATHs (or --all) after review")
     acc.add_argument("--all", action="store_true", help="accept every change in every root")
     acc.add_argument("paths", nargs="*", metavar="PATH")
+
+    exp = sub.add_parser(
+        "export",
+        help="write the baseline as a checksum file (sha256sum, bsd, hashdeep, mtree) to stdout",
+        description="Write the baseline as a checksum file to stdout, for sha256sum -c and others.",
+    )
+    exp.add_argument("-c", "--config", help="YAML config file")
+    exp.add_argument("-m", "--manifest", help="manifest file (default: see README)")
+    exp.add_argument("--format", required=True, choices=["sha256sum", "bsd", "hashdeep", "mtree"])
+    exp.add_argument("--relative-to", metavar="DIR", help="write names relative to DIR")
+    exp.add_argument("paths", nargs="*", metavar="PATH", help="subtrees to export (default: all)")
+    exp.set_defaults(func=_cmd_export)
 
     cfg = sub.add_parser("config", help="work with config files")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")

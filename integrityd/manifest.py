@@ -225,6 +225,15 @@ class ManifestStore:
                 (*split(path), *_below(path)),
             )
 
+    def entries(self, start: bytes) -> Iterator[FileState]:
+        """The baseline entry for ``start`` and every entry below it."""
+        sql = (
+            f"SELECT parent, name, {_STATE} FROM files "
+            f"WHERE (parent = ? AND name = ?) OR {_BELOW} ORDER BY parent, name"
+        )
+        for row in self._conn.execute(sql, (*split(start), *_below(start))):
+            yield _state(join(row[0], row[1]), row[2:])
+
     def count_below(self, directory: bytes) -> int:
         """Number of baseline entries below ``directory``."""
         sql = f"SELECT count(*) FROM files WHERE {_BELOW}"

@@ -120,6 +120,36 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import(args: argparse.Namespace) -> int:
+    from integrityd.config import RootConfig  # noqa: PLC0415 - see the module docstring
+    from integrityd.errors import RootError  # noqa: PLC0415
+    from integrityd.interop import baseline_rows, parse  # noqa: PLC0415
+    from integrityd.manifest import ManifestStore  # noqa: PLC0415
+
+    cfg = _load(args)
+    manifest = _abs(args.manifest) if args.manifest else cfg.manifest or default_manifest()
+    root = _abs(args.root)
+    if not os.path.isdir(root):
+        raise RootError(f"--root {args.root} is not a directory")
+    try:
+        with open(args.file, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise UsageError(f"cannot read {args.file}: {e.strerror}") from e
+    rows, missing = baseline_rows(root, parse(args.format, data, args.file))
+    with ManifestStore.open(manifest, "create") as store, store.guard():
+        store.delete([root])  # the file becomes the whole baseline below the root
+        store.write(rows)  # type: ignore[arg-type]
+        store.put_root(RootConfig(path=root), os.lstat(root).st_dev)
+        store.commit()
+    print(f"imported {len(rows):,} entries below {os.fsdecode(root)} into {os.fsdecode(manifest)}")
+    if missing:
+        msg = f"{len(missing)} listed files were not found and are not in the baseline"
+        _log().warning("import_incomplete", message=msg, first=os.fsdecode(missing[0]))
+        return 8
+    return 0
+
+
 def _named(entries: Iterator[FileState], base: bytes | None) -> Iterator[tuple[bytes, FileState]]:
     """Pair each entry with its name: absolute, or relative to ``base`` (others are skipped)."""
     prefix = base.rstrip(b"/") + b"/" if base else b""
@@ -190,6 +220,21 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--relative-to", metavar="DIR", help="write names relative to DIR")
     exp.add_argument("paths", nargs="*", metavar="PATH", help="subtrees to export (default: all)")
     exp.set_defaults(func=_cmd_export)
+
+    imp = sub.add_parser(
+        "import",
+        help="take a sha256sum, bsd or hashdeep file as the baseline below --root",
+        description="Take a checksum file as the baseline for the files below DIR "
+        "(names relative to DIR, as sha256sum writes them when run there).",
+    )
+    imp.add_argument("-c", "--config", help="YAML config file")
+    imp.add_argument("-m", "--manifest", help="manifest file (default: see README)")
+    imp.add_argument("--format", required=True, choices=["sha256sum", "bsd", "hashdeep"])
+    imp.add_argument(
+        "--root", required=True, metavar="DIR", help="directory the names are relative to"
+    )
+    imp.add_argument("file", metavar="FILE", help="the checksum file")
+    imp.set_defaults(func=_cmd_import)
 
     cfg = sub.add_parser("config", help="work with config files")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")

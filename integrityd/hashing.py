@@ -31,9 +31,10 @@ _TYPES = {
 }
 
 
-def _state(
+def from_stat(
     path: bytes, st: os.stat_result, sha256: bytes | None = None, target: bytes | None = None
 ) -> FileState:
+    """A FileState from an ``os.stat_result`` (lstat or fstat)."""
     return FileState(
         path,
         _TYPES.get(stat.S_IFMT(st.st_mode), "unknown"),
@@ -126,12 +127,12 @@ class Hasher:
             return missing(path)
         except OSError as e:
             return failed(path, _error_type(e), _describe(e))
-        return _state(path, st, target=target)
+        return from_stat(path, st, target=target)
 
     def _read(self, fd: int, path: bytes, defer_above: int | None) -> FileState | None:
         before = os.fstat(fd)
         if not stat.S_ISREG(before.st_mode):
-            return _state(path, before)  # swapped for a special file since the walk
+            return from_stat(path, before)  # swapped for a special file since the walk
         if defer_above is not None and before.st_size > defer_above:
             return None
         for attempt in range(2):
@@ -144,7 +145,7 @@ class Hasher:
                 and after.st_mtime_ns == before.st_mtime_ns
                 and after.st_ctime_ns == before.st_ctime_ns
             ):
-                return _state(path, after, sha256=digest)
+                return from_stat(path, after, sha256=digest)
             before = after
         return failed(path, "changing", "file changed while it was being read (twice)")
 

@@ -1,4 +1,4 @@
-r"""Checksum-file formats that other tools read and write: export (and, later, import).
+r"""Checksum-file formats that other tools read and write: export and import.
 
 Each format escapes names its own way, so that the files round-trip through the tools
 that own the format:
@@ -15,9 +15,15 @@ that own the format:
 
 from __future__ import annotations
 
+import os
+import re
+import stat
 from collections.abc import Iterable, Iterator
 
+from integrityd.errors import Fatal, IntegritydError
 from integrityd.events import FileState
+from integrityd.hashing import from_stat
+from integrityd.manifest import split
 
 FORMATS = ("sha256sum", "bsd", "hashdeep", "mtree")
 
@@ -102,3 +108,89 @@ def _mtree_line(name: bytes, s: FileState) -> bytes:
     if s.target is not None:
         fields.append(b"link=" + _mtree_escape(s.target))
     return _mtree_escape(name) + b" " + b" ".join(fields) + b"\n"
+
+
+_GNU_UNESCAPE = re.compile(rb"\\(\\|n|r)")
+_HEX64 = re.compile(rb"^[0-9a-fA-F]{64}$")
+
+
+def _gnu_unescape(name: bytes) -> bytes:
+    return _GNU_UNESCAPE.sub(lambda m: {b"\\": b"\\", b"n": b"\n", b"r": b"\r"}[m.group(1)], name)
+
+
+def parse(fmt: str, data: bytes, source: str) -> Iterator[tuple[bytes, bytes, int | None]]:
+    """(name, digest, size if the format has it) for each entry of a checksum file.
+
+    Raises FormatError naming the file and line for anything that is not an entry.
+    """
+    columns = [b"size", b"sha256", b"filename"]
+    for number, raw in enumerate(data.split(b"\n"), 1):
+        line = raw.rstrip(b"\r") if fmt != "sha256sum" else raw
+        if not line.strip():
+            continue
+        where = f"{source}:{number}"
+        if fmt == "hashdeep":
+            if line.startswith(b"%%%% size,"):
+                columns = line[5:].split(b",")
+                if b"sha256" not in columns or columns[-1] != b"filename":
+                    raise FormatError(f"{where}: this hashdeep file has no sha256 column")
+            if line.startswith((b"%", b"#")):
+                continue
+            # The name is the last column and may itself hold commas.
+            row = dict(zip(columns, line.split(b",", len(columns) - 1), strict=False))
+            size, digest = row.get(b"size"), row.get(b"sha256", b"")
+            bad_size = size is not None and not size.isdigit()
+            if len(row) != len(columns) or bad_size or not _HEX64.match(digest):
+                raise FormatError(f"{where}: expected {b','.join(columns).decode()}")
+            yield row[b"filename"], bytes.fromhex(digest.decode()), int(size) if size else None
+            continue
+        escaped = line.startswith(b"\\")
+        body = line[1:] if escaped else line
+        if fmt == "bsd":
+            if not (body.startswith(b"SHA256 (") and b") = " in body):
+                raise FormatError(f"{where}: expected 'SHA256 (name) = hex'")
+            name, _, digest = body[8:].rpartition(b") = ")
+        else:
+            digest, sep, name = body.partition(b" ")
+            if not sep or not name or name[:1] not in (b" ", b"*"):
+                raise FormatError(f"{where}: expected 'hex  name'")
+            name = name[1:]
+        if not _HEX64.match(digest):
+            raise FormatError(f"{where}: not a SHA-256 digest: {digest[:70]!r}")
+        yield (_gnu_unescape(name) if escaped else name), bytes.fromhex(digest.decode()), None
+
+
+class FormatError(IntegritydError):
+    """A checksum file to import is malformed; the message names the file and line."""
+
+    exit_code = Fatal.USAGE
+
+
+def baseline_rows(
+    root: bytes, entries: Iterable[tuple[bytes, bytes, int | None]]
+) -> tuple[list[tuple[object, ...]], list[bytes]]:
+    """Manifest rows for imported digests, and the paths that could not be found.
+
+    Metadata comes from lstat() now, so that a later check can tell corruption (same
+    size and mtime) from modification. The directories between ``root`` and each file
+    are recorded too; otherwise the next check would report each one as added.
+    """
+    base = root.rstrip(b"/") + b"/"
+    rows: dict[bytes, tuple[object, ...]] = {}
+    missing: list[bytes] = []
+    for name, digest, _size in entries:
+        path = os.path.normpath(name if name.startswith(b"/") else base + name)
+        if not path.startswith(base):
+            raise FormatError(f"{os.fsdecode(name)!r} lies outside {os.fsdecode(root)}")
+        try:
+            st = os.lstat(path)
+        except OSError:
+            missing.append(path)
+            continue
+        state = from_stat(path, st, sha256=digest if stat.S_ISREG(st.st_mode) else None)
+        rows[path] = (*split(path), *state[1:11])
+        parent = os.path.dirname(path)
+        while parent not in rows and (parent == root or parent.startswith(base)):
+            rows[parent] = (*split(parent), *from_stat(parent, os.lstat(parent))[1:11])
+            parent = os.path.dirname(parent)
+    return list(rows.values()), missing

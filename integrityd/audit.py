@@ -26,9 +26,11 @@ import pickle
 import signal
 import stat
 import threading
+import time
+from collections.abc import Iterator
 
 from integrityd import collector, scan
-from integrityd.config import Config, RootConfig
+from integrityd.config import Budget, Config, RootConfig
 from integrityd.errors import ManifestError, RootError, UsageError
 from integrityd.events import (
     Command,
@@ -37,6 +39,7 @@ from integrityd.events import (
     FileTask,
     Finding,
     Job,
+    NewCycle,
     Report,
     Scope,
     Summary,
@@ -46,26 +49,45 @@ from integrityd.hashing import failed
 from integrityd.manifest import ManifestStore
 from integrityd.pipeline import CollectorHandle, WorkerPool
 
+VERIFY_BATCH = 256  # files per verify task
+
 
 def _covers(root: bytes, path: bytes) -> bool:
     return path == root or path.startswith(root.rstrip(b"/") + b"/")
 
 
-def _stored_roots(manifest: bytes, command: Command) -> list[RootConfig]:
+def _stored_roots(manifest: bytes, command: Command) -> tuple[list[RootConfig], dict[bytes, int]]:
     try:
         with ManifestStore.open(manifest, "read") as store, store.guard():
-            return store.roots()
+            return store.roots(), store.root_devices()
     except ManifestError:
         if command == "init":
-            return []  # a new manifest, or one init will report on properly
+            return [], {}  # a new manifest, or one init will report on properly
         raise
+
+
+def _check_root(root: bytes, device: int | None) -> None:
+    """Refuse a root that looks unmounted, rather than report every file as removed."""
+    name = os.fsdecode(root)
+    try:
+        st = os.stat(root)
+        empty = stat.S_ISDIR(st.st_mode) and not os.listdir(root)
+    except OSError as e:
+        raise RootError(f"root {name} cannot be read: {e.strerror}") from e
+    if device and st.st_dev != device:
+        msg = f"root {name} is on another filesystem than when it was baselined"
+        raise RootError(
+            f"{msg} (device {device:#x}, now {st.st_dev:#x}); is the right disk mounted?"
+        )
+    if empty:
+        raise RootError(f"root {name} is empty but has a baseline; is the filesystem mounted?")
 
 
 def resolve_scopes(
     command: Command, cfg: Config, manifest: bytes, paths: list[bytes]
 ) -> tuple[Scope, ...]:
     """Decide what to scan, and with which root's options, from the CLI, config and manifest."""
-    stored = _stored_roots(manifest, command)
+    stored, devices = _stored_roots(manifest, command)
     known = [*cfg.roots, *sorted(stored, key=lambda r: len(r.path), reverse=True)]
     name = os.fsdecode(manifest)
     scopes: list[Scope] = []
@@ -92,7 +114,13 @@ def resolve_scopes(
                 f"manifest {name} holds no baseline yet; run 'integrityd init' first"
             )
         scopes = [Scope(r, r.path) for r in stored]
-    # A scope inside another one would be scanned twice.
+    return _distinct(command, scopes, devices)
+
+
+def _distinct(
+    command: Command, scopes: list[Scope], devices: dict[bytes, int]
+) -> tuple[Scope, ...]:
+    """Drop scopes nested in others (they would be scanned twice); check that each exists."""
     starts = [s.start for s in scopes]
     unique = {
         s.start: s for s in scopes if not any(o != s.start and _covers(o, s.start) for o in starts)
@@ -100,20 +128,26 @@ def resolve_scopes(
     for s in unique.values():
         if not os.path.lexists(s.start):
             raise RootError(f"{os.fsdecode(s.start)} does not exist (is the filesystem mounted?)")
+        if command in ("check", "verify") and s.root.path in devices:
+            _check_root(s.root.path, devices[s.root.path])
     return tuple(unique.values())
 
 
-def run(job: Job, cfg: Config) -> Summary:
-    """Scan, hash and compare every scope of the job; return the collector's summary."""
+def run(job: Job, cfg: Config, budget: Budget | None = None) -> Summary:
+    """Scan, hash and compare every scope of the job; return the collector's summary.
+
+    ``verify`` instead re-hashes baselined files, least recently verified first, within
+    ``budget``.
+    """
     ctx = multiprocessing.get_context("forkserver")  # cli starts it early, with a preload
     handle = CollectorHandle(ctx, collector.run, job)
 
     def lost(task: Task, reason: str) -> None:
         if isinstance(task, DirTask):
-            report = Report(0, 0, [], [], [], [(task.path, "worker_died", reason)])
+            report = Report(0, 0, [], [], [], [(task.path, "worker_died", reason)], [])
         else:
             states = [failed(p, "worker_died", reason) for p in task.paths]
-            report = Report(0, 0, [_unreadable(s) for s in states], [], [], [])
+            report = Report(0, 0, [_unreadable(s) for s in states], [], [], [], [])
         handle.send_bytes(pickle.dumps(report))
 
     try:
@@ -127,15 +161,53 @@ def run(job: Job, cfg: Config) -> Summary:
             guard=handle.guard,
             on_guard=handle.failed,
         ) as pool:
-            for i, scope in enumerate(job.scopes):
-                pool.submit(FileTask((scope.start,), i))  # the start itself: a file or a dir
-                if stat.S_ISDIR(os.lstat(scope.start).st_mode):
-                    pool.submit(DirTask(scope.start, i))
-            pool.run()
+            if job.command == "verify":
+                pool.run(_verify_tasks(job, budget or Budget(), handle))
+            else:
+                for i, scope in enumerate(job.scopes):
+                    pool.submit(FileTask((scope.start,), i))  # the start itself: file or dir
+                    if stat.S_ISDIR(os.lstat(scope.start).st_mode):
+                        pool.submit(DirTask(scope.start, i))
+                pool.run()
         _ignore_signals()  # past this point the collector commits: let it finish
         return handle.finish()
     finally:
         handle.close()
+
+
+def _verify_tasks(job: Job, budget: Budget, handle: CollectorHandle) -> Iterator[Task]:
+    """Batches of baselined files, least recently verified first, until the budget is spent.
+
+    A fraction budget works in cycles per root: a run takes only files not yet verified in
+    the current cycle, so k runs of 1/k verify every file exactly once; when none is left,
+    a new cycle begins.
+    """
+    deadline = time.monotonic() + budget.seconds if budget.seconds is not None else None
+    spent = 0
+    with ManifestStore.open(job.manifest, "read") as store, store.guard():
+        for i, scope in enumerate(job.scopes):
+            allowed = budget.files_for(store.verification_stats(scope.start)[0])
+            before = None
+            if allowed is not None:
+                before = store.cycle_start(scope.root.path)
+                if store.count_due(scope.start, before) == 0:
+                    before = time.time_ns()  # older than anything this run will record
+                    handle.send(NewCycle(scope.root.path, before))
+            batch: list[bytes] = []
+            size = 0
+            for count, (path, nbytes) in enumerate(store.by_verification_age(scope.start, before)):
+                over_time = deadline is not None and time.monotonic() > deadline
+                over_size = budget.bytes is not None and spent >= budget.bytes
+                if over_time or over_size or (allowed is not None and count >= allowed):
+                    break
+                batch.append(path)
+                size += nbytes
+                spent += nbytes
+                if len(batch) >= VERIFY_BATCH or size >= scan.LARGE_FILE:
+                    yield FileTask(tuple(batch), i)
+                    batch, size = [], 0
+            if batch:
+                yield FileTask(tuple(batch), i)
 
 
 def _unreadable(state: FileState) -> Finding:

@@ -9,13 +9,16 @@ while that server imports them in parallel.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import itertools
+import json
 import multiprocessing
 import multiprocessing.forkserver
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -26,7 +29,7 @@ from integrityd.errors import IntegritydError, Interrupted, UsageError
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from integrityd.config import Config
+    from integrityd.config import Budget, Config
     from integrityd.events import Command, FileState
 
 FORKSERVER_PRELOAD = ["integrityd.collector", "integrityd.scan"]
@@ -60,7 +63,7 @@ def _load(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def _audit(command: Command, args: argparse.Namespace) -> int:
+def _audit(command: Command, args: argparse.Namespace, budget: Budget | None = None) -> int:
     from integrityd import audit  # noqa: PLC0415 - see the module docstring
     from integrityd.events import Job  # noqa: PLC0415
     from integrityd.manifest import journal_files  # noqa: PLC0415
@@ -79,7 +82,33 @@ def _audit(command: Command, args: argparse.Namespace) -> int:
         progress=sys.stderr.isatty() and not args.no_progress,
         log=cfg.log,
     )
-    return audit.run(job, cfg).status
+    summary = audit.run(job, cfg, budget)
+    if getattr(args, "summary_file", None):
+        from integrityd.report import summary_event  # noqa: PLC0415
+
+        _save_atomic(args.summary_file, (json.dumps(summary_event(summary)) + "\n").encode())
+    return summary.status
+
+
+def _save_atomic(path: str, data: bytes) -> None:
+    """Temp file in the same directory, fsync, rename over, fsync the directory."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".integrityd-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise UsageError(f"cannot write {path}: {e.strerror}") from e
+    dfd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
@@ -94,6 +123,16 @@ def _cmd_accept(args: argparse.Namespace) -> int:
     if bool(args.all) == bool(args.paths):
         raise UsageError("accept needs either --all or the PATHs whose changes to accept")
     return _audit("accept", args)
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from integrityd.config import parse_budget  # noqa: PLC0415 - see the module docstring
+
+    try:
+        budget = parse_budget(args.budget) if args.budget else None
+    except ValueError as e:
+        raise UsageError(f"--budget: {e}") from e
+    return _audit("verify", args, budget)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -205,6 +244,12 @@ def _parser() -> argparse.ArgumentParser:
     audit_cmd(
         "check", _cmd_check, "compare PATHs (or every baselined root) with the baseline"
     ).add_argument("paths", nargs="*", metavar="PATH")
+    ver = audit_cmd("verify", _cmd_verify, "re-hash baselined files, least recently verified first")
+    ver.add_argument(
+        "--budget", help="stop after a duration (90m, 2h), a size (200G) or a fraction (1/7)"
+    )
+    ver.add_argument("--summary-file", metavar="FILE", help="also write the JSON summary here")
+    ver.add_argument("paths", nargs="*", metavar="PATH")
     acc = audit_cmd("accept", _cmd_accept, "re-baseline PATHs (or --all) after review")
     acc.add_argument("--all", action="store_true", help="accept every change in every root")
     acc.add_argument("paths", nargs="*", metavar="PATH")
@@ -260,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
         args = _parser().parse_args(argv)
-        if args.func in (_cmd_init, _cmd_check, _cmd_accept):
+        if args.func in (_cmd_init, _cmd_check, _cmd_accept, _cmd_verify):
             _start_forkserver()
         from integrityd import logsetup  # noqa: PLC0415 - see the module docstring
         from integrityd.config import LogConfig  # noqa: PLC0415
@@ -275,6 +320,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "fatal_error", message=str(e), error_type=type(e).__name__, exit_code=int(e.exit_code)
         )
         return int(e.exit_code)
+    except Exception as e:  # a bug: still one line and a documented code, not a traceback
+        _log().error(
+            "internal_error", message=f"internal error: {e!r}", exit_code=19, exc_info=True
+        )
+        return 19
     return code
 
 

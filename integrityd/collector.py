@@ -21,7 +21,7 @@ import structlog
 
 from integrityd import logsetup
 from integrityd.errors import IntegritydError
-from integrityd.events import Failed, Finding, Finish, Job, Ready, Report, Summary
+from integrityd.events import Failed, Finding, Finish, Job, NewCycle, Ready, Report, Summary
 from integrityd.hashing import failed
 from integrityd.manifest import ManifestStore, Mode
 from integrityd.report import (
@@ -36,7 +36,9 @@ from integrityd.report import (
 log = structlog.get_logger()
 
 
-_MODES: dict[str, Mode] = {"init": "create", "accept": "write", "check": "read"}
+_MODES: dict[str, Mode] = {"init": "create", "accept": "write", "check": "read", "verify": "write"}
+_VERBS = {"init": "baselining", "check": "checking", "accept": "re-hashing", "verify": "verifying"}
+CHECKPOINT_S = 2.0  # verify commits its progress this often, so an interruption loses little
 
 
 def run(data: Connection, ctl: Connection, job: Job) -> None:
@@ -72,9 +74,9 @@ class _Collector:
         self.files = 0
         self.bytes = 0
         self.unverified = 0
-        verb = {"init": "baselining", "check": "checking", "accept": "re-hashing"}[job.command]
-        self.progress = Progress(sys.stderr if job.progress else None, verb)
-        if job.progress and job.command != "init":
+        self.progress = Progress(sys.stderr if job.progress else None, _VERBS[job.command])
+        self.checkpoint = time.monotonic()
+        if job.progress and job.command in ("check", "accept"):
             self.progress.set_total(sum(store.count_below(s.start) + 1 for s in job.scopes))
 
     def receive(self, data: Connection) -> bool:
@@ -86,6 +88,8 @@ class _Collector:
                 return False
             if isinstance(msg, Report):
                 self.report(msg)
+            elif isinstance(msg, NewCycle):
+                self.store.start_cycle(msg.root, msg.ns)
             elif isinstance(msg, Finish):
                 return True
 
@@ -104,6 +108,11 @@ class _Collector:
                 self.store.write(r.rows)  # type: ignore[arg-type]
             if r.deletes:
                 self.store.delete(r.deletes)
+            if r.verified:
+                self.store.mark_verified(r.verified)
+                if time.monotonic() - self.checkpoint > CHECKPOINT_S:
+                    self.store.commit(reopen=True)  # verify only: progress survives an interrupt
+                    self.checkpoint = time.monotonic()
         self.progress.update(self.files, self.bytes)
 
     def record(self, f: Finding) -> None:
@@ -112,7 +121,7 @@ class _Collector:
 
     def finish(self) -> Summary:
         """Record the roots, then total up."""
-        if self.store.writable:
+        if self.job.command in ("init", "accept"):
             for scope in self.job.scopes:
                 if scope.start == scope.root.path:
                     try:
@@ -120,13 +129,14 @@ class _Collector:
                     except OSError:
                         device = 0
                     self.store.put_root(scope.root, device)
+        verification = self.verification() if self.job.command == "verify" else None
         status = 0
         for kind, n in self.counts.items():
             if n:
                 status |= FINDING_BITS[kind]
         if self.unverified:
             status |= 8
-        if self.job.command != "check":
+        if self.job.command in ("init", "accept"):
             status &= 8  # what init and accept found is now the baseline
         return Summary(
             command=self.job.command,
@@ -136,7 +146,23 @@ class _Collector:
             counts=dict(self.counts),
             unverified=self.unverified,
             status=status,
+            verification=verification,
         )
+
+    def verification(self) -> dict[str, float]:
+        """How much of the scopes this run covered, and how stale the stalest file now is."""
+        total, oldest = 0, None
+        for scope in self.job.scopes:
+            count, first = self.store.verification_stats(scope.start)
+            total += count
+            if first is not None and (oldest is None or first < oldest):
+                oldest = first
+        age = (time.time_ns() - oldest) / 1e9 if oldest is not None else 0.0
+        return {
+            "total_files": total,
+            "coverage": round(self.files / total, 6) if total else 1.0,
+            "oldest_verified_age_s": round(age, 3),
+        }
 
     def write_report(self, summary: Summary) -> None:
         self.progress.close()

@@ -16,14 +16,14 @@ _METADATA = (
     ("mtime", "mtime_ns", "mtime"),
 )
 
-SEVERITY = ("corrupted", "modified", "metadata")
-
 
 def classify(old: FileState | None, new: FileState, attrs: frozenset[str]) -> Finding | None:
     """Return the finding for ``new`` against its baseline ``old``, or None if it matches.
 
     Content that changed while size and mtime stayed the same is ``corrupted`` (bit rot
-    or an edit that covered its tracks); content that changed otherwise is ``modified``.
+    or an edit that covered its tracks); content that changed with an mtime older than
+    the baseline's is ``backdated`` (an old copy restored, or a faked timestamp); content
+    that changed otherwise is ``modified``.
     """
     if new.error_type is not None:
         return Finding("unreadable", new.path, old, new)
@@ -46,9 +46,13 @@ def classify(old: FileState | None, new: FileState, attrs: frozenset[str]) -> Fi
             changes.append(name)
     if not changes:
         return None
-    if content:
-        same_stat = old.size == new.size and old.mtime_ns == new.mtime_ns
-        action = "corrupted" if same_stat else "modified"
-    else:
-        action = "metadata"
+    action = _content_action(old, new) if content else "metadata"
     return Finding(action, new.path, old, new, tuple(changes))
+
+
+def _content_action(old: FileState, new: FileState) -> str:
+    if old.size == new.size and old.mtime_ns == new.mtime_ns:
+        return "corrupted"
+    if new.mtime_ns < old.mtime_ns:
+        return "backdated"
+    return "modified"

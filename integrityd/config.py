@@ -88,6 +88,42 @@ class Config:
         return self.workers or len(os.sched_getaffinity(0))
 
 
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """How much one ``verify`` run may do: a duration, a size, or a fraction of the files."""
+
+    seconds: float | None = None
+    bytes: int | None = None
+    fraction: tuple[int, int] | None = None  # (numerator, denominator) of the file count
+
+    def files_for(self, total: int) -> int | None:
+        """Files allowed out of ``total`` (rounded up, so k runs of 1/k cover them all)."""
+        if self.fraction is None:
+            return None
+        n, d = self.fraction
+        return -(-total * n // d)
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$", re.IGNORECASE)
+_FRACTION = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_BUDGET_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT])(?:i?B)?\s*$", re.IGNORECASE)
+
+
+def parse_budget(text: str) -> Budget:
+    """'90m', '1h', '200G', '1/7' -> Budget; ValueError with a readable message otherwise."""
+    if m := _DURATION.match(text):
+        return Budget(seconds=float(m.group(1)) * _SECONDS[m.group(2).lower()])
+    if m := _FRACTION.match(text):
+        n, d = int(m.group(1)), int(m.group(2))
+        if 0 < n <= d:
+            return Budget(fraction=(n, d))
+    if m := _BUDGET_SIZE.match(text):
+        return Budget(bytes=int(m.group(1)) << (10 * "KMGT".index(m.group(2).upper()) + 10))
+    msg = f"expected a duration (90m, 2h), a size (200G) or a fraction (1/7), got {text!r}"
+    raise ValueError(msg)
+
+
 def load(path: str) -> Config:
     """Read and validate a YAML config file."""
     try:

@@ -13,7 +13,7 @@ from typing import Literal, NamedTuple
 
 from integrityd.config import LogConfig, RootConfig
 
-Command = Literal["init", "check", "accept"]
+Command = Literal["init", "check", "accept", "verify"]
 
 # Hints the walker gives the hash workers, from the directory entry's type.
 HINT_FILE = "f"
@@ -80,6 +80,14 @@ Task = DirTask | FileTask
 
 
 @dataclass(frozen=True, slots=True)
+class NewCycle:
+    """verify: a root's files were all verified in its cycle; a new one begins at ``ns``."""
+
+    root: bytes
+    ns: int
+
+
+@dataclass(frozen=True, slots=True)
 class Finish:
     """The walk is over and every result has been delivered."""
 
@@ -109,6 +117,7 @@ class Summary:
     counts: dict[str, int]
     unverified: int
     status: int
+    verification: dict[str, float] | None = None  # verify: coverage and age of the oldest
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,3 +140,4 @@ class Report(NamedTuple):
     rows: list[tuple[object, ...]]  # manifest rows to write (init, accept)
     deletes: list[bytes]  # paths to drop from the baseline, with everything below them
     unreadable_dirs: list[tuple[bytes, str, str]]  # (directory, error type, message)
+    verified: list[bytes]  # verify: paths read and compared, for their verified_ns

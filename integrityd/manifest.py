@@ -36,7 +36,8 @@ _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS roots (
     path BLOB PRIMARY KEY, options TEXT NOT NULL, device INTEGER,
-    created_ns INTEGER NOT NULL, updated_ns INTEGER NOT NULL
+    created_ns INTEGER NOT NULL, updated_ns INTEGER NOT NULL,
+    cycle_ns INTEGER NOT NULL DEFAULT 0  -- when the current verify cycle began
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS files (
     parent BLOB NOT NULL, name BLOB NOT NULL, type TEXT NOT NULL, size INTEGER NOT NULL,
@@ -170,12 +171,66 @@ class ManifestStore:
         """Close, rolling back anything not committed."""
         self._conn.close()
 
-    def commit(self) -> None:
-        """Make this run's writes the new baseline, atomically."""
+    def commit(self, reopen: bool = False) -> None:
+        """Make this run's writes the new baseline, atomically; ``reopen`` keeps the lock."""
         try:
             self._conn.execute("COMMIT")
+            if reopen:
+                self._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as e:
             raise _sqlite_error(self.path, e) from e
+
+    def mark_verified(self, paths: list[bytes]) -> None:
+        """Record that these entries were read and compared now."""
+        self._conn.executemany(
+            f"UPDATE files SET verified_ns = {time.time_ns()} WHERE parent = ? AND name = ?",
+            (split(p) for p in paths),
+        )
+
+    def by_verification_age(
+        self, start: bytes, before: int | None = None
+    ) -> Iterator[tuple[bytes, int]]:
+        """(path, size) of the regular files below ``start``, least recently verified first.
+
+        With ``before``, only files last verified before that time.
+        """
+        sql = (
+            "SELECT parent, name, size FROM files WHERE type = 'file' AND verified_ns < ? AND "
+            f"((parent = ? AND name = ?) OR {_BELOW}) ORDER BY verified_ns, parent, name"
+        )
+        limit = before if before is not None else (1 << 63) - 1  # SQLite's largest integer
+        for parent, name, size in self._conn.execute(sql, (limit, *split(start), *_below(start))):
+            yield join(parent, name), size
+
+    def count_due(self, start: bytes, before: int) -> int:
+        """Regular files below ``start`` last verified before ``before``."""
+        sql = (
+            "SELECT count(*) FROM files WHERE type = 'file' AND verified_ns < ? AND "
+            f"((parent = ? AND name = ?) OR {_BELOW})"
+        )
+        return int(self._conn.execute(sql, (before, *split(start), *_below(start))).fetchone()[0])
+
+    def cycle_start(self, root: bytes) -> int:
+        """When the current verify cycle of ``root`` began (0: none yet)."""
+        row = self._conn.execute("SELECT cycle_ns FROM roots WHERE path = ?", (root,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def start_cycle(self, root: bytes, ns: int) -> None:
+        """Begin a new verify cycle for ``root``: every file is due again."""
+        self._conn.execute("UPDATE roots SET cycle_ns = ? WHERE path = ?", (ns, root))
+
+    def verification_stats(self, start: bytes) -> tuple[int, int | None]:
+        """(regular files below ``start``, the oldest verified_ns among them)."""
+        sql = (
+            "SELECT count(*), min(verified_ns) FROM files WHERE type = 'file' AND "
+            f"((parent = ? AND name = ?) OR {_BELOW})"
+        )
+        count, oldest = self._conn.execute(sql, (*split(start), *_below(start))).fetchone()
+        return int(count), oldest
+
+    def root_devices(self) -> dict[bytes, int]:
+        """The st_dev each root was on when it was baselined."""
+        return dict(self._conn.execute("SELECT path, device FROM roots").fetchall())
 
     def guard(self) -> _Guard:
         """Context that turns SQLite errors into ManifestError subclasses."""
@@ -203,7 +258,7 @@ class ManifestStore:
         """Record (or update) a root and the options its baseline was made with."""
         options = {k: v for k, v in asdict(root).items() if k != "path"}
         self._conn.execute(
-            "INSERT INTO roots VALUES (?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET "
+            "INSERT INTO roots VALUES (?, ?, ?, ?, ?, 0) ON CONFLICT(path) DO UPDATE SET "
             "options = excluded.options, device = excluded.device, "
             "updated_ns = excluded.updated_ns",
             (root.path, json.dumps(options), device, self._now, self._now),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import pickle
 import selectors
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext
@@ -97,9 +97,20 @@ class WorkerPool:
         """Add a task; ``run`` carries it out."""
         self._pending.append((task, 0))
 
-    def run(self) -> None:
-        """Carry out every task and every task they spawn."""
-        while self._pending or any(w.inflight for w in self._workers):
+    def run(self, source: Iterator[Task] | None = None) -> None:
+        """Carry out every task (those submitted, then ``source``'s) and those they spawn.
+
+        ``source`` is drawn from only when nothing else is pending, so that a long list of
+        tasks never sits in memory.
+        """
+        source = source if source is not None else iter(())
+        while True:
+            if not self._pending:
+                task = next(source, None)
+                if task is not None:
+                    self._pending.append((task, 0))
+            if not (self._pending or any(w.inflight for w in self._workers)):
+                return
             while self._pending:
                 worker = min(self._workers, key=lambda w: len(w.inflight))
                 if len(worker.inflight) >= INFLIGHT:
@@ -110,6 +121,8 @@ class WorkerPool:
                     worker.conn.send(item[0])
                 except OSError:
                     self._replace(worker)
+                if not self._pending and (task := next(source, None)) is not None:
+                    self._pending.append((task, 0))
             self._poll()
 
     def _poll(self) -> None:

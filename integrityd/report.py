@@ -19,14 +19,10 @@ _PLAIN = re.compile(rb"[\x20-\x5b\x5d-\x7e]*")
 _ESCAPE = re.compile(r"\\(\\|x[0-9a-fA-F]{2})")
 _ECS_TYPE = {"added": "creation", "removed": "deletion", "unreadable": "info"}
 FINDING_BITS = {
-    "added": 1,
-    "removed": 2,
-    "modified": 4,
-    "metadata": 4,
-    "corrupted": 4,
+    "added": 1, "removed": 2, "modified": 4, "backdated": 4, "metadata": 4, "corrupted": 4,
     "unreadable": 8,
-}
-KINDS = ("added", "removed", "modified", "metadata", "corrupted", "unreadable")
+}  # fmt: skip
+KINDS = ("added", "removed", "modified", "backdated", "metadata", "corrupted", "unreadable")
 
 
 def escape_path(path: bytes) -> str:
@@ -133,6 +129,7 @@ def summary_event(s: Summary) -> dict[str, Any]:
             **{k: s.counts.get(k, 0) for k in KINDS},
             "unverified": s.unverified,
             "exit_code": s.status,
+            **(s.verification or {}),
         },
     }
 
@@ -179,8 +176,8 @@ def summary_text(s: Summary) -> str:
         tail.append(
             f"  {s.unverified:,} baselined files below unreadable directories were not verified"
         )
-    differences = sum(s.counts.get(k, 0) for k in KINDS[:5])
-    if s.command == "check":
+    differences = sum(s.counts.get(k, 0) for k in KINDS if k != "unreadable")
+    if s.command in ("check", "verify"):
         tail.append(
             "  all files match the baseline"
             if not differences and not s.status
@@ -188,6 +185,12 @@ def summary_text(s: Summary) -> str:
         )
     elif s.command == "accept":
         tail.append(f"  {differences:,} changes accepted into the baseline")
+    if s.verification:
+        v = s.verification
+        tail.append(
+            f"  verified {s.files:,} of {int(v['total_files']):,} files ({v['coverage']:.1%}); "
+            f"least recently verified file: {v['oldest_verified_age_s'] / 3600:.1f} h ago"
+        )
     return "\n".join(tail) + "\n"
 
 

@@ -46,11 +46,13 @@ class _Found:
         self.rows: list[tuple[object, ...]] = []
         self.deletes: list[bytes] = []
         self.unreadable_dirs: list[tuple[bytes, str, str]] = []
+        self.verified: list[bytes] = []
 
     def report(self) -> Report:
         return Report(
-            self.files, self.bytes, self.findings, self.rows, self.deletes, self.unreadable_dirs
-        )
+            self.files, self.bytes, self.findings, self.rows, self.deletes, self.unreadable_dirs,
+            self.verified,
+        )  # fmt: skip
 
 
 class Scanner:
@@ -58,7 +60,8 @@ class Scanner:
 
     def __init__(self, job: Job, chunk_size: int) -> None:
         self.job = job
-        self.writes = job.command != "check"
+        self.writes = job.command in ("init", "accept")
+        self.verifies = job.command == "verify"
         self.hasher = Hasher(chunk_size)
         self.baseline = BaselineReader(job.manifest)
         self.excluders = [Excluder(s.root.exclude) for s in job.scopes]
@@ -130,6 +133,8 @@ class Scanner:
         found.files += 1
         if state.type == "file":
             found.bytes += state.size
+        if self.verifies and state.error_type is None:
+            found.verified.append(state.path)
         if row is not None and state.error_type is None and row[1:] == state[1:11]:
             return  # the common case: exactly as in the baseline
         old = FileState(state.path, *row[1:]) if row is not None else None  # type: ignore[arg-type]

@@ -142,7 +142,10 @@ def test_text_report_is_readable(tree: Path, manifest: Path) -> None:
     old, new = hashlib.sha256(b"alpha\n").hexdigest(), hashlib.sha256(b"alpha!\n").hexdigest()
     assert f"sha256   {old} → {new}" in lines[1]
     assert "size     6 → 7" in lines[2]
-    assert "added 0, removed 0, modified 1, metadata 0, corrupted 0, unreadable 0" in r.stdout
+    assert (
+        "added 0, removed 0, modified 1, backdated 0, metadata 0, corrupted 0, unreadable 0"
+        in r.stdout
+    )
 
 
 def test_special_files_fifo_symlinks(tree: Path, manifest: Path) -> None:

@@ -25,6 +25,18 @@ ALL = ATTRIBUTES
             ("hash.sha256", "mtime"),
         ),
         (BASE._replace(sha256=b"\x02" * 32, size=11), DEFAULT, "modified", ("hash.sha256", "size")),
+        (
+            BASE._replace(sha256=b"\x02" * 32, mtime_ns=999),
+            DEFAULT,
+            "backdated",
+            ("hash.sha256", "mtime"),
+        ),
+        (
+            BASE._replace(sha256=b"\x02" * 32, size=9, mtime_ns=5),
+            DEFAULT,
+            "backdated",
+            ("hash.sha256", "size", "mtime"),
+        ),
         (BASE._replace(mode=0o666), DEFAULT, "metadata", ("mode",)),
         (BASE._replace(uid=1, gid=2), DEFAULT, "metadata", ("uid", "gid")),
         (BASE._replace(mtime_ns=5), DEFAULT, None, ()),  # touch alone is not reported by default

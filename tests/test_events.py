@@ -35,6 +35,7 @@ MESSAGES = [
         [(b"/r", b"a", "file")],
         [b"/r/x"],
         [(b"/r/d", "permission", "PermissionError: denied")],
+        [b"/r/a"],
     ),
     Finish(),
     Ready(),

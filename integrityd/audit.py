@@ -150,12 +150,15 @@ def run(job: Job, cfg: Config, budget: Budget | None = None) -> Summary:
             report = Report(0, 0, [_unreadable(s) for s in states], [], [], [], [])
         handle.send_bytes(pickle.dumps(report))
 
+    workers = cfg.worker_count()
+    rate = job.max_rate / workers if job.max_rate else None
     try:
         with WorkerPool(
             ctx,
-            count=cfg.worker_count(),
+            count=workers,
             target=scan.worker_main,
-            args=(job, cfg.chunk_size),
+            args=(job, cfg.chunk_size, rate, job.idle),
+            limits={i: s.root.workers for i, s in enumerate(job.scopes) if s.root.workers},
             deliver=handle.send_bytes,
             on_lost=lost,
             guard=handle.guard,

@@ -81,6 +81,8 @@ def _audit(command: Command, args: argparse.Namespace, budget: Budget | None = N
         json=json_out,
         progress=sys.stderr.isatty() and not args.no_progress,
         log=cfg.log,
+        max_rate=getattr(args, "max_rate", None),
+        idle=getattr(args, "idle_io", False),
     )
     summary = audit.run(job, cfg, budget)
     if getattr(args, "summary_file", None):
@@ -221,6 +223,17 @@ def _positive(text: str) -> int:
     return value
 
 
+def _rate(text: str) -> int:
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    number = text.upper().removesuffix("/S").removesuffix("B").removesuffix("I")
+    unit = number[-1:] if number[-1:] in units else ""
+    digits = number[: len(number) - len(unit)]
+    if not digits.isdigit() or int(digits) < 1:
+        msg = f"expected a rate like 100M or 50M/s, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return int(digits) * units[unit]
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="integrityd", description="File-integrity checker for Linux.")
     p.add_argument("--version", action="version", version=f"integrityd {__version__}")
@@ -249,6 +262,12 @@ def _parser() -> argparse.ArgumentParser:
         "--budget", help="stop after a duration (90m, 2h), a size (200G) or a fraction (1/7)"
     )
     ver.add_argument("--summary-file", metavar="FILE", help="also write the JSON summary here")
+    ver.add_argument(
+        "--max-rate", type=_rate, metavar="RATE", help="read at most RATE bytes/s in all (100M)"
+    )
+    ver.add_argument(
+        "--idle-io", action="store_true", help="idle I/O class and lowest CPU priority"
+    )
     ver.add_argument("paths", nargs="*", metavar="PATH")
     acc = audit_cmd("accept", _cmd_accept, "re-baseline PATHs (or --all) after review")
     acc.add_argument("--all", action="store_true", help="accept every change in every root")

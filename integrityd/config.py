@@ -37,6 +37,7 @@ class RootConfig:
     exclude: tuple[str, ...] = ()
     check: tuple[str, ...] = DEFAULT_CHECK
     one_filesystem: bool = True
+    workers: int | None = None  # at most this many files of this root read at once
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.check) - ATTRIBUTES)
@@ -260,6 +261,13 @@ class _Builder:
             for name in ("exclude", "check"):
                 if name in m:
                     values[name] = self.strings(m[name], f"{key}.{name}")
+            if "workers" in m:
+                w = self.scalar(m["workers"], f"{key}.workers")
+                if not isinstance(w, int) or isinstance(w, bool) or w < 1:
+                    raise self.error(
+                        m["workers"], f"{key}.workers", f"expected a number >= 1, got {w!r}"
+                    )
+                values["workers"] = w
             if "one_filesystem" in m:
                 values["one_filesystem"] = self.typed(
                     m["one_filesystem"], f"{key}.one_filesystem", bool, "true or false"

@@ -58,6 +58,8 @@ class Job:
     json: bool
     progress: bool
     log: LogConfig = field(default_factory=LogConfig)
+    max_rate: int | None = None  # bytes/s read by all workers together
+    idle: bool = False  # idle I/O class and lowest CPU priority for the workers
 
 
 @dataclass(frozen=True, slots=True)

@@ -250,6 +250,7 @@ class ManifestStore:
                     exclude=tuple(o.get("exclude", ())),
                     check=tuple(o.get("check", DEFAULT_CHECK)),
                     one_filesystem=bool(o.get("one_filesystem", True)),
+                    workers=o.get("workers"),
                 )
             )
         return out

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import pickle
 import selectors
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -55,6 +56,7 @@ class WorkerPool:
         on_lost: Callable[[Task, str], None],
         guard: Sequence[Any] = (),
         on_guard: Callable[[], None] = lambda: None,
+        limits: dict[int, int] | None = None,
     ) -> None:
         self._ctx = ctx
         self._count = count
@@ -66,6 +68,9 @@ class WorkerPool:
         self._on_guard = on_guard
         self._workers: list[_Worker] = []
         self._pending: list[tuple[Task, int]] = []
+        # Per scope, the most tasks in flight at once (a root on a spinning disk: 1).
+        self._limits = limits or {}
+        self._running: Counter[int] = Counter()
         # One epoll set for the whole run: multiprocessing.connection.wait() would build
         # and fill a new one on every call, which at 16 workers limits the dispatch rate.
         self._selector = selectors.DefaultSelector()
@@ -115,8 +120,11 @@ class WorkerPool:
                 worker = min(self._workers, key=lambda w: len(w.inflight))
                 if len(worker.inflight) >= INFLIGHT:
                     break
-                item = self._pending.pop()
+                item = self._take()
+                if item is None:
+                    break  # every pending task waits for its scope's limit
                 worker.inflight.append(item)
+                self._running[item[0].scope] += 1
                 try:
                     worker.conn.send(item[0])
                 except OSError:
@@ -124,6 +132,14 @@ class WorkerPool:
                 if not self._pending and (task := next(source, None)) is not None:
                     self._pending.append((task, 0))
             self._poll()
+
+    def _take(self) -> tuple[Task, int] | None:
+        """The newest pending task whose scope is under its limit."""
+        for i in range(len(self._pending) - 1, -1, -1):
+            scope = self._pending[i][0].scope
+            if self._running[scope] < self._limits.get(scope, 1 << 30):
+                return self._pending.pop(i)
+        return None
 
     def _poll(self) -> None:
         for key, _ in self._selector.select():
@@ -142,7 +158,8 @@ class WorkerPool:
 
     def _receive(self, worker: _Worker) -> None:
         spawned, report = worker.conn.recv()
-        worker.inflight.pop(0)
+        done, _ = worker.inflight.pop(0)
+        self._running[done.scope] -= 1
         self._pending.extend((task, 0) for task in spawned)
         self._deliver(report)
 
@@ -165,6 +182,7 @@ class WorkerPool:
         self._restarts_left -= 1
         self._workers.append(self._spawn())
         for task, tries in worker.inflight:
+            self._running[task.scope] -= 1
             if tries:
                 self._on_lost(task, f"the worker hashing it died twice (exit code {code})")
             else:

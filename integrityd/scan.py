@@ -9,10 +9,13 @@ removed; if it was a directory, so is everything below it.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pickle
 import signal
 from multiprocessing.connection import Connection
+
+import structlog
 
 from integrityd import logsetup
 from integrityd.compare import classify
@@ -30,6 +33,8 @@ from integrityd.exclude import Excluder
 from integrityd.hashing import Hasher
 from integrityd.manifest import BaselineReader, split
 from integrityd.walk import list_dir, relative
+
+log = structlog.get_logger()
 
 LARGE_FILE = 16 << 20  # hashed as a task of its own, so large files spread over workers
 HUGE_DIR = 2048  # a directory with more files than this is hashed by several workers
@@ -58,11 +63,11 @@ class _Found:
 class Scanner:
     """Per-worker state: the hash buffer, a baseline reader, and each scope's rules."""
 
-    def __init__(self, job: Job, chunk_size: int) -> None:
+    def __init__(self, job: Job, chunk_size: int, max_rate: float | None = None) -> None:
         self.job = job
         self.writes = job.command in ("init", "accept")
         self.verifies = job.command == "verify"
-        self.hasher = Hasher(chunk_size)
+        self.hasher = Hasher(chunk_size, max_rate)
         self.baseline = BaselineReader(job.manifest)
         self.excluders = [Excluder(s.root.exclude) for s in job.scopes]
         self.attrs = [frozenset(s.root.check) for s in job.scopes]
@@ -159,6 +164,19 @@ class Scanner:
             found.deletes.append(old.path)
 
 
+_IOPRIO_SET = {"x86_64": 251, "aarch64": 30}  # syscall numbers; the stdlib has no wrapper
+_IOPRIO_IDLE = 3 << 13  # IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT
+
+
+def _be_idle() -> None:
+    """Lowest CPU priority and the idle I/O class: read only when the disk has nothing else."""
+    os.nice(19)
+    number = _IOPRIO_SET.get(os.uname().machine)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if number is None or libc.syscall(number, 1, 0, _IOPRIO_IDLE) != 0:  # IOPRIO_WHO_PROCESS, self
+        log.warning("idle_io_unavailable", message="could not set the idle I/O class")
+
+
 def _device(path: bytes) -> int | None:
     try:
         return os.lstat(path).st_dev
@@ -166,11 +184,15 @@ def _device(path: bytes) -> int | None:
         return None
 
 
-def worker_main(conn: Connection, job: Job, chunk_size: int) -> None:
+def worker_main(
+    conn: Connection, job: Job, chunk_size: int, max_rate: float | None, idle: bool
+) -> None:
     """Hash worker process: take tasks until the None sentinel or until main is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process owns shutdown
     logsetup.configure(job.log)
-    scanner = Scanner(job, chunk_size)
+    if idle:
+        _be_idle()
+    scanner = Scanner(job, chunk_size, max_rate)
     try:
         while (task := conn.recv()) is not None:
             spawned, report = scanner.run(task)

@@ -80,6 +80,10 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
             "roots:\n  - path: /etc\n    one_filesystem: maybe\n",
             ":3: roots[0].one_filesystem: expected true or false",
         ),
+        (
+            "roots:\n  - path: /etc\n    workers: 0\n",
+            ":3: roots[0].workers: expected a number >= 1",
+        ),
         ("log:\n  level: loud\n", ":2: log.level: must be one of"),
         ("log:\n  format: xml\n", ":2: log.format: must be auto, json or console"),
         ("report: html\n", ":1: report: must be text or json"),

@@ -7,13 +7,23 @@ import os
 import signal
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from integrityd.errors import ExitCode
 
-from .conftest import findings, integrityd, sparse, start, summary, wait_for
+from .conftest import (
+    descendants,
+    findings,
+    holder_of,
+    integrityd,
+    sparse,
+    start,
+    summary,
+    wait_for,
+)
 
 
 def verified_at(manifest: Path) -> dict[bytes, int]:
@@ -121,3 +131,38 @@ def test_summary_file_and_bad_budget(files37: Path, manifest: Path, tmp_path: Pa
     r = integrityd("verify", "-m", manifest, "--budget", "often")
     assert r.returncode == 16
     assert "expected a duration (90m, 2h), a size (200G) or a fraction (1/7)" in r.stderr
+
+
+def test_max_rate_and_idle_io(tmp_path: Path, manifest: Path) -> None:
+    """--max-rate 4M needs about two seconds for 8 MiB; --idle-io runs without complaint."""
+    root = tmp_path / "r"
+    root.mkdir()
+    (root / "data").write_bytes(os.urandom(8 << 20))
+    assert integrityd("init", "-m", manifest, root).returncode == 0
+    started = time.monotonic()
+    r = integrityd("verify", "-m", manifest, "--max-rate", "4M", "--idle-io", "-j", "2")
+    elapsed = time.monotonic() - started
+    assert r.returncode == 0, r.stderr
+    assert "idle_io_unavailable" not in r.stderr
+    assert elapsed >= 1.5  # 8 MiB at 4 MiB/s, less the first read's head start
+    r = integrityd("verify", "-m", manifest, "--max-rate", "fast")
+    assert r.returncode == 16
+    assert "expected a rate like 100M" in r.stderr
+
+
+def test_root_workers_limit_readers(tmp_path: Path, manifest: Path) -> None:
+    """A root with 'workers: 1' never has two of its files read at once, even with -j 2."""
+    root = tmp_path / "spinning"
+    root.mkdir()
+    images = [sparse(root / f"img{i}", 768 << 20) for i in range(3)]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"manifest: {manifest}\nroots:\n  - path: {root}\n    workers: 1\n")
+    assert integrityd("init", "-c", cfg).returncode == 0
+    proc = start("verify", "-c", cfg, "-j", "2", "--no-progress")
+    most = 0
+    while proc.poll() is None:
+        readers = sum(holder_of(img, descendants(proc.pid)) is not None for img in images)
+        most = max(most, readers)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert most == 1

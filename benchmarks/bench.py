@@ -180,6 +180,11 @@ def commands(root: Path, work: Path, workers: int) -> dict[str, tuple[str, str |
     cmds: dict[str, tuple[str, str | None]] = {
         "integrityd init": (f"{exe} init -m {m} -j {w} --no-progress {root}", f"rm -f {m}*"),
         "integrityd check": (f"{exe} check -m {m} -j {w} --no-progress", None),
+        "integrityd verify": (f"{exe} verify -m {m} -j {w} --no-progress", None),
+        "integrityd verify --max-rate 200M": (
+            f"{exe} verify -m {m} -j {w} --no-progress --max-rate 200M",
+            None,
+        ),
         "sha256sum (xargs)": (f"{find} sha256sum", None),
     }
     if shutil.which("rhash"):

@@ -126,6 +126,7 @@ def summary_event(s: Summary) -> dict[str, Any]:
             "files": s.files,
             "bytes": s.bytes,
             "seconds": round(s.seconds, 3),
+            "bytes_per_s": round(s.bytes / s.seconds) if s.seconds > 0 else 0,
             **{k: s.counts.get(k, 0) for k in KINDS},
             "unverified": s.unverified,
             "exit_code": s.status,

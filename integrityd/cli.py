@@ -53,6 +53,11 @@ def _abs(path: str) -> bytes:
     return os.fsencode(os.path.realpath(path))
 
 
+def _manifest(args: argparse.Namespace, cfg: Config) -> bytes:
+    """-m, else the config's manifest, else the default location."""
+    return _abs(args.manifest) if args.manifest else cfg.manifest or default_manifest()
+
+
 def _load(args: argparse.Namespace) -> Config:
     from integrityd import config, logsetup  # noqa: PLC0415 - see the module docstring
 
@@ -69,7 +74,7 @@ def _audit(command: Command, args: argparse.Namespace, budget: Budget | None = N
     from integrityd.manifest import journal_files  # noqa: PLC0415
 
     cfg = _load(args)
-    manifest = _abs(args.manifest) if args.manifest else cfg.manifest or default_manifest()
+    manifest = _manifest(args, cfg)
     paths = [_abs(p) for p in args.paths]
     scopes = audit.resolve_scopes(command, cfg, manifest, paths)
     json_out = args.json or (not sys.stdout.isatty() and cfg.report == "json")
@@ -95,16 +100,18 @@ def _audit(command: Command, args: argparse.Namespace, budget: Budget | None = N
 def _save_atomic(path: str, data: bytes) -> None:
     """Temp file in the same directory, fsync, rename over, fsync the directory."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".integrityd-")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".integrityd-")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         raise UsageError(f"cannot write {path}: {e.strerror}") from e
     dfd = os.open(directory, os.O_RDONLY)
     try:
@@ -134,6 +141,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         budget = parse_budget(args.budget) if args.budget else None
     except ValueError as e:
         raise UsageError(f"--budget: {e}") from e
+    if args.summary_file and not os.path.isdir(os.path.dirname(os.path.abspath(args.summary_file))):
+        raise UsageError(f"--summary-file: the directory of {args.summary_file} does not exist")
     return _audit("verify", args, budget)
 
 
@@ -142,7 +151,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from integrityd.manifest import ManifestStore  # noqa: PLC0415
 
     cfg = _load(args)
-    manifest = _abs(args.manifest) if args.manifest else cfg.manifest or default_manifest()
+    manifest = _manifest(args, cfg)
     base = _abs(args.relative_to) if args.relative_to else None
     exporter = Exporter(args.format, os.fsencode(os.getcwd()))
     out = sys.stdout.buffer
@@ -168,7 +177,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
     from integrityd.manifest import ManifestStore  # noqa: PLC0415
 
     cfg = _load(args)
-    manifest = _abs(args.manifest) if args.manifest else cfg.manifest or default_manifest()
+    manifest = _manifest(args, cfg)
     root = _abs(args.root)
     if not os.path.isdir(root):
         raise RootError(f"--root {args.root} is not a directory")

@@ -71,6 +71,7 @@ class WorkerPool:
         # Per scope, the most tasks in flight at once (a root on a spinning disk: 1).
         self._limits = limits or {}
         self._running: Counter[int] = Counter()
+        self._waiting: Counter[int] = Counter()  # pending tasks per scope
         # One epoll set for the whole run: multiprocessing.connection.wait() would build
         # and fill a new one on every call, which at 16 workers limits the dispatch rate.
         self._selector = selectors.DefaultSelector()
@@ -100,7 +101,11 @@ class WorkerPool:
 
     def submit(self, task: Task) -> None:
         """Add a task; ``run`` carries it out."""
-        self._pending.append((task, 0))
+        self._push(task, 0)
+
+    def _push(self, task: Task, tries: int) -> None:
+        self._pending.append((task, tries))
+        self._waiting[task.scope] += 1
 
     def run(self, source: Iterator[Task] | None = None) -> None:
         """Carry out every task (those submitted, then ``source``'s) and those they spawn.
@@ -113,7 +118,7 @@ class WorkerPool:
             if not self._pending:
                 task = next(source, None)
                 if task is not None:
-                    self._pending.append((task, 0))
+                    self._push(task, 0)
             if not (self._pending or any(w.inflight for w in self._workers)):
                 return
             while self._pending:
@@ -130,15 +135,23 @@ class WorkerPool:
                 except OSError:
                     self._replace(worker)
                 if not self._pending and (task := next(source, None)) is not None:
-                    self._pending.append((task, 0))
+                    self._push(task, 0)
             self._poll()
 
     def _take(self) -> tuple[Task, int] | None:
         """The newest pending task whose scope is under its limit."""
+        open_scopes = {
+            scope
+            for scope, n in self._waiting.items()
+            if n and self._running[scope] < self._limits.get(scope, 1 << 30)
+        }
+        if not open_scopes:
+            return None  # without scanning a long list of tasks that must all wait
         for i in range(len(self._pending) - 1, -1, -1):
-            scope = self._pending[i][0].scope
-            if self._running[scope] < self._limits.get(scope, 1 << 30):
-                return self._pending.pop(i)
+            if self._pending[i][0].scope in open_scopes:
+                item = self._pending.pop(i)
+                self._waiting[item[0].scope] -= 1
+                return item
         return None
 
     def _poll(self) -> None:
@@ -160,7 +173,8 @@ class WorkerPool:
         spawned, report = worker.conn.recv()
         done, _ = worker.inflight.pop(0)
         self._running[done.scope] -= 1
-        self._pending.extend((task, 0) for task in spawned)
+        for task in spawned:
+            self._push(task, 0)
         self._deliver(report)
 
     def _replace(self, worker: _Worker) -> None:
@@ -186,7 +200,7 @@ class WorkerPool:
             if tries:
                 self._on_lost(task, f"the worker hashing it died twice (exit code {code})")
             else:
-                self._pending.append((task, tries + 1))
+                self._push(task, tries + 1)
 
     def _forget(self, worker: _Worker) -> None:
         self._selector.unregister(worker.conn)

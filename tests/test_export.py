@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,11 +48,7 @@ def sha256sum_check(listing: bytes, cwd: Path) -> subprocess.CompletedProcess[by
 @pytest.mark.parametrize("fmt", ["sha256sum", "bsd"])
 def test_sha256sum_accepts_relative_export(odd_tree: Path, manifest: Path, fmt: str) -> None:
     """`sha256sum --strict -c`, run in DIR, accepts every line of --relative-to DIR."""
-    r = subprocess.run(
-        [*_cli(), "export", "-m", str(manifest), "--format", fmt, "--relative-to", str(odd_tree)],
-        capture_output=True,
-        check=False,
-    )
+    r = export(manifest, fmt, relative_to=odd_tree)
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.splitlines()) == len(ODD)  # one line each, newline names escaped
     check = sha256sum_check(r.stdout, odd_tree)
@@ -61,8 +58,7 @@ def test_sha256sum_accepts_relative_export(odd_tree: Path, manifest: Path, fmt: 
 
 def test_absolute_export_and_corruption_is_caught(odd_tree: Path, manifest: Path) -> None:
     """With absolute names sha256sum -c works from anywhere, and catches a flipped byte."""
-    r = subprocess.run([*_cli(), "export", "-m", str(manifest), "--format", "sha256sum"],
-                       capture_output=True, check=False)  # fmt: skip
+    r = export(manifest, "sha256sum")
     assert r.returncode == 0
     assert sha256sum_check(r.stdout, Path("/")).returncode == 0
     victim = odd_tree / "sub" / "plain.txt"
@@ -76,20 +72,7 @@ def test_absolute_export_and_corruption_is_caught(odd_tree: Path, manifest: Path
 
 def test_hashdeep_format_and_unrepresentable_names(odd_tree: Path, manifest: Path) -> None:
     """The hashdeep format carries size,sha256,name; a newline in a name means left out, bit 8."""
-    r = subprocess.run(
-        [
-            *_cli(),
-            "export",
-            "-m",
-            str(manifest),
-            "--format",
-            "hashdeep",
-            "--relative-to",
-            str(odd_tree),
-        ],
-        capture_output=True,
-        check=False,
-    )
+    r = export(manifest, "hashdeep", relative_to=odd_tree)
     assert r.returncode == 8
     assert b"cannot hold names with a newline" in r.stderr
     lines = r.stdout.splitlines()
@@ -103,20 +86,7 @@ def test_hashdeep_format_and_unrepresentable_names(odd_tree: Path, manifest: Pat
 
 def test_mtree_lists_every_entry_with_escapes(odd_tree: Path, manifest: Path) -> None:
     """The mtree format lists directories and symlinks too, with octal escapes for odd bytes."""
-    r = subprocess.run(
-        [
-            *_cli(),
-            "export",
-            "-m",
-            str(manifest),
-            "--format",
-            "mtree",
-            "--relative-to",
-            str(odd_tree),
-        ],
-        capture_output=True,
-        check=False,
-    )
+    r = export(manifest, "mtree", relative_to=odd_tree)
     assert r.returncode == 0
     lines = {line.split(b" ", 1)[0]: line for line in r.stdout.splitlines()[1:]}
     assert b"type=dir" in lines[b"."]
@@ -130,7 +100,10 @@ def test_mtree_lists_every_entry_with_escapes(odd_tree: Path, manifest: Path) ->
     assert b"sub/\\377\\376" in lines
 
 
-def _cli() -> list[str]:
-    import sys  # noqa: PLC0415
-
-    return [sys.executable, "-m", "integrityd"]
+def export(
+    manifest: Path, fmt: str, relative_to: Path | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """Run the real `integrityd export`, keeping its output as bytes."""
+    extra = ["--relative-to", str(relative_to)] if relative_to else []
+    cmd = [sys.executable, "-m", "integrityd", "export", "-m", str(manifest), "--format", fmt]
+    return subprocess.run([*cmd, *extra], capture_output=True, check=False)

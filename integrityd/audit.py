@@ -71,7 +71,11 @@ def _check_root(root: bytes, device: int | None) -> None:
     name = os.fsdecode(root)
     try:
         st = os.stat(root)
-        empty = stat.S_ISDIR(st.st_mode) and not os.listdir(root)
+        if stat.S_ISDIR(st.st_mode):
+            with os.scandir(root) as entries:
+                empty = next(entries, None) is None  # one entry is enough to know
+        else:
+            empty = False
     except OSError as e:
         raise RootError(f"root {name} cannot be read: {e.strerror}") from e
     if device and st.st_dev != device:

@@ -6,13 +6,15 @@ the distinct exit code (16 and above) that ``cli.main`` returns for it::
 
     IntegritydError                 19 internal
     ├── UsageError                  16 bad command line
+    │   └── FormatError             16 a checksum file to import is malformed
     ├── ConfigError                 17 bad or unreadable config file
     ├── ManifestError               18 manifest missing, or a path with no baseline
     │   ├── ManifestCorrupt         18 damaged, not ours, or from a newer integrityd
     │   └── ManifestLocked          20 another writer holds it
     ├── RootError                   21 a root is missing or unusable
     ├── WorkerDied                  19 hash workers kept dying
-    └── CollectorDied               19 the collector process ended unexpectedly
+    ├── CollectorDied               19 the collector process ended unexpectedly
+    └── Interrupted          130 / 143 SIGINT / SIGTERM; nothing was written
 """
 
 from __future__ import annotations
@@ -54,6 +56,10 @@ class UsageError(IntegritydError):
     """The command line asks for something impossible."""
 
     exit_code = Fatal.USAGE
+
+
+class FormatError(UsageError):
+    """A checksum file to import is malformed; the message names the file and line."""
 
 
 class ConfigError(IntegritydError):

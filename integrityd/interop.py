@@ -20,7 +20,7 @@ import re
 import stat
 from collections.abc import Iterable, Iterator
 
-from integrityd.errors import Fatal, IntegritydError
+from integrityd.errors import FormatError
 from integrityd.events import FileState
 from integrityd.hashing import from_stat
 from integrityd.manifest import split
@@ -158,12 +158,6 @@ def parse(fmt: str, data: bytes, source: str) -> Iterator[tuple[bytes, bytes, in
         if not _HEX64.match(digest):
             raise FormatError(f"{where}: not a SHA-256 digest: {digest[:70]!r}")
         yield (_gnu_unescape(name) if escaped else name), bytes.fromhex(digest.decode()), None
-
-
-class FormatError(IntegritydError):
-    """A checksum file to import is malformed; the message names the file and line."""
-
-    exit_code = Fatal.USAGE
 
 
 def baseline_rows(

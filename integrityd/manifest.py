@@ -85,8 +85,23 @@ def _below(directory: bytes) -> tuple[bytes, bytes, bytes]:
     return directory, base + b"/", base + b"0"
 
 
+_SUBTREE = f"((parent = ? AND name = ?) OR {_BELOW})"
+
+
+def _subtree(start: bytes) -> tuple[bytes, ...]:
+    """Parameters of ``_SUBTREE``: ``start`` itself and everything below it."""
+    return (*split(start), *_below(start))
+
+
 def _state(path: bytes, row: tuple[object, ...]) -> FileState:
     return FileState(path, *row)  # type: ignore[arg-type]
+
+
+def _states(conn: sqlite3.Connection, where: str, params: tuple[bytes, ...]) -> Iterator[FileState]:
+    """Baseline entries matching ``where``, in path order."""
+    sql = f"SELECT parent, name, {_STATE} FROM files WHERE {where} ORDER BY parent, name"
+    for row in conn.execute(sql, params):
+        yield _state(join(row[0], row[1]), row[2:])
 
 
 def _sqlite_error(path: bytes, e: sqlite3.Error) -> ManifestError:
@@ -196,19 +211,16 @@ class ManifestStore:
         """
         sql = (
             "SELECT parent, name, size FROM files WHERE type = 'file' AND verified_ns < ? AND "
-            f"((parent = ? AND name = ?) OR {_BELOW}) ORDER BY verified_ns, parent, name"
+            f"{_SUBTREE} ORDER BY verified_ns, parent, name"
         )
         limit = before if before is not None else (1 << 63) - 1  # SQLite's largest integer
-        for parent, name, size in self._conn.execute(sql, (limit, *split(start), *_below(start))):
+        for parent, name, size in self._conn.execute(sql, (limit, *_subtree(start))):
             yield join(parent, name), size
 
     def count_due(self, start: bytes, before: int) -> int:
         """Regular files below ``start`` last verified before ``before``."""
-        sql = (
-            "SELECT count(*) FROM files WHERE type = 'file' AND verified_ns < ? AND "
-            f"((parent = ? AND name = ?) OR {_BELOW})"
-        )
-        return int(self._conn.execute(sql, (before, *split(start), *_below(start))).fetchone()[0])
+        sql = f"SELECT count(*) FROM files WHERE type = 'file' AND verified_ns < ? AND {_SUBTREE}"
+        return int(self._conn.execute(sql, (before, *_subtree(start))).fetchone()[0])
 
     def cycle_start(self, root: bytes) -> int:
         """When the current verify cycle of ``root`` began (0: none yet)."""
@@ -221,11 +233,8 @@ class ManifestStore:
 
     def verification_stats(self, start: bytes) -> tuple[int, int | None]:
         """(regular files below ``start``, the oldest verified_ns among them)."""
-        sql = (
-            "SELECT count(*), min(verified_ns) FROM files WHERE type = 'file' AND "
-            f"((parent = ? AND name = ?) OR {_BELOW})"
-        )
-        count, oldest = self._conn.execute(sql, (*split(start), *_below(start))).fetchone()
+        sql = f"SELECT count(*), min(verified_ns) FROM files WHERE type = 'file' AND {_SUBTREE}"
+        count, oldest = self._conn.execute(sql, _subtree(start)).fetchone()
         return int(count), oldest
 
     def root_devices(self) -> dict[bytes, int]:
@@ -276,19 +285,11 @@ class ManifestStore:
     def delete(self, paths: list[bytes]) -> None:
         """Drop entries and everything below them from the baseline (at commit)."""
         for path in paths:
-            self._conn.execute(
-                f"DELETE FROM files WHERE (parent = ? AND name = ?) OR {_BELOW}",
-                (*split(path), *_below(path)),
-            )
+            self._conn.execute(f"DELETE FROM files WHERE {_SUBTREE}", _subtree(path))
 
     def entries(self, start: bytes) -> Iterator[FileState]:
         """The baseline entry for ``start`` and every entry below it."""
-        sql = (
-            f"SELECT parent, name, {_STATE} FROM files "
-            f"WHERE (parent = ? AND name = ?) OR {_BELOW} ORDER BY parent, name"
-        )
-        for row in self._conn.execute(sql, (*split(start), *_below(start))):
-            yield _state(join(row[0], row[1]), row[2:])
+        return _states(self._conn, _SUBTREE, _subtree(start))
 
     def count_below(self, directory: bytes) -> int:
         """Number of baseline entries below ``directory``."""
@@ -335,9 +336,7 @@ class BaselineReader:
 
     def below(self, directory: bytes) -> Iterator[FileState]:
         """Every baseline entry below ``directory``, in path order."""
-        sql = f"SELECT parent, name, {_STATE} FROM files WHERE {_BELOW} ORDER BY parent, name"
-        for row in self._conn.execute(sql, _below(directory)):
-            yield _state(join(row[0], row[1]), row[2:])
+        return _states(self._conn, _BELOW, _below(directory))
 
     def lookup(self, path: bytes) -> FileState | None:
         """The baseline entry for one path."""

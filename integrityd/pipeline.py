@@ -261,14 +261,14 @@ class CollectorHandle:
         self._expect(Ready)  # raises what the collector reported, or CollectorDied
 
     def send_bytes(self, raw: bytes) -> None:
-        """Forward a pickled result batch."""
+        """Forward a pickled message (a worker's report, as it came)."""
         try:
             self._data.send_bytes(raw)
         except OSError:
             self.failed()
 
     def send(self, msg: object) -> None:
-        """Send a control message (walk progress, an unreadable directory, ...)."""
+        """Send a message of main's own (a lost task's report, NewCycle, Finish)."""
         self.send_bytes(pickle.dumps(msg))
 
     def finish(self) -> Summary:

@@ -115,7 +115,8 @@ class Scanner:
                 spawned.append(FileTask((path,), task.scope))
                 baseline.pop(name, None)
             elif state.type != "missing":  # one that vanished stays in `baseline`: removed
-                self._compare(found, task.scope, state, baseline.pop(name, None))
+                row = baseline.pop(name, None)
+                self._compare(found, task.scope, state, row[1:] if row else None)
         for i in range(0, len(deferred), FILES_PER_TASK):
             spawned.append(FileTask(tuple(deferred[i : i + FILES_PER_TASK]), task.scope))
         for name, row in baseline.items():
@@ -127,22 +128,23 @@ class Scanner:
             state = self.hasher.state(path, HINT_FILE)
             old = self.baseline.lookup(path)
             if state.type != "missing":
-                self._compare(found, task.scope, state, (b"", *old[1:11]) if old else None)
+                self._compare(found, task.scope, state, old[1:11] if old else None)
             elif old is not None:
                 self._removed(found, task.scope, old)
         return []
 
     def _compare(
-        self, found: _Found, scope: int, state: FileState, row: tuple[object, ...] | None
+        self, found: _Found, scope: int, state: FileState, recorded: tuple[object, ...] | None
     ) -> None:
+        """Compare with the ``recorded`` (type, size, ..., target) fields of the baseline."""
         found.files += 1
         if state.type == "file":
             found.bytes += state.size
         if self.verifies and state.error_type is None:
             found.verified.append(state.path)
-        if row is not None and state.error_type is None and row[1:] == state[1:11]:
+        if recorded is not None and state.error_type is None and recorded == state[1:11]:
             return  # the common case: exactly as in the baseline
-        old = FileState(state.path, *row[1:]) if row is not None else None  # type: ignore[arg-type]
+        old = FileState(state.path, *recorded) if recorded is not None else None  # type: ignore[arg-type]
         finding = classify(old, state, self.attrs[scope])
         if finding is not None and (finding.action == "unreadable" or self.job.command != "init"):
             found.findings.append(finding)

@@ -35,17 +35,13 @@ from integrityd.errors import ManifestError, RootError, UsageError
 from integrityd.events import (
     Command,
     DirTask,
-    FileState,
     FileTask,
-    Finding,
     Job,
     NewCycle,
-    Report,
     Scope,
     Summary,
     Task,
 )
-from integrityd.hashing import failed
 from integrityd.manifest import ManifestStore
 from integrityd.pipeline import CollectorHandle, WorkerPool
 
@@ -132,7 +128,7 @@ def _distinct(
     for s in unique.values():
         if not os.path.lexists(s.start):
             raise RootError(f"{os.fsdecode(s.start)} does not exist (is the filesystem mounted?)")
-        if command in ("check", "verify") and s.root.path in devices:
+        if command in ("check", "verify", "watch") and s.root.path in devices:
             _check_root(s.root.path, devices[s.root.path])
     return tuple(unique.values())
 
@@ -147,12 +143,7 @@ def run(job: Job, cfg: Config, budget: Budget | None = None) -> Summary:
     handle = CollectorHandle(ctx, collector.run, job)
 
     def lost(task: Task, reason: str) -> None:
-        if isinstance(task, DirTask):
-            report = Report(0, 0, [], [], [], [(task.path, "worker_died", reason)], [])
-        else:
-            states = [failed(p, "worker_died", reason) for p in task.paths]
-            report = Report(0, 0, [_unreadable(s) for s in states], [], [], [], [])
-        handle.send_bytes(pickle.dumps(report))
+        handle.send_bytes(pickle.dumps(scan.lost_report(task, reason)))
 
     workers = cfg.worker_count()
     rate = job.max_rate / workers if job.max_rate else None
@@ -215,10 +206,6 @@ def _verify_tasks(job: Job, budget: Budget, handle: CollectorHandle) -> Iterator
                     batch, size = [], 0
             if batch:
                 yield FileTask(tuple(batch), i)
-
-
-def _unreadable(state: FileState) -> Finding:
-    return Finding("unreadable", state.path, None, state)
 
 
 def _ignore_signals() -> None:

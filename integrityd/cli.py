@@ -146,6 +146,14 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return _audit("verify", args, budget)
 
 
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from integrityd import daemon  # noqa: PLC0415 - see the module docstring
+
+    cfg = _load(args)
+    json_out = args.json or not sys.stdout.isatty()
+    return daemon.run(args.config, cfg, _manifest(args, cfg), json_out)
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from integrityd.interop import Exporter  # noqa: PLC0415 - see the module docstring
     from integrityd.manifest import ManifestStore  # noqa: PLC0415
@@ -282,6 +290,12 @@ def _parser() -> argparse.ArgumentParser:
     acc.add_argument("--all", action="store_true", help="accept every change in every root")
     acc.add_argument("paths", nargs="*", metavar="PATH")
 
+    audit_cmd(
+        "watch",
+        _cmd_watch,
+        "watch the baselined roots and report each change as it happens (the daemon)",
+    )
+
     exp = sub.add_parser(
         "export",
         help="write the baseline as a checksum file (sha256sum, bsd, hashdeep, mtree) to stdout",
@@ -333,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
         args = _parser().parse_args(argv)
-        if args.func in (_cmd_init, _cmd_check, _cmd_accept, _cmd_verify):
+        if args.func in (_cmd_init, _cmd_check, _cmd_accept, _cmd_verify, _cmd_watch):
             _start_forkserver()
         from integrityd import logsetup  # noqa: PLC0415 - see the module docstring
         from integrityd.config import LogConfig  # noqa: PLC0415

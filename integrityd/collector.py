@@ -21,9 +21,21 @@ import structlog
 
 from integrityd import logsetup
 from integrityd.errors import IntegritydError
-from integrityd.events import Failed, Finding, Finish, Job, NewCycle, Ready, Report, Summary
+from integrityd.events import (
+    Failed,
+    FileState,
+    Finding,
+    Finish,
+    Job,
+    LiveStats,
+    NewCycle,
+    Ping,
+    Ready,
+    Report,
+    Summary,
+)
 from integrityd.hashing import failed
-from integrityd.manifest import ManifestStore, Mode
+from integrityd.manifest import BaselineReader, ManifestStore, Mode, guard
 from integrityd.report import (
     FINDING_BITS,
     Progress,
@@ -45,6 +57,9 @@ def run(data: Connection, ctl: Connection, job: Job) -> None:
     """Process entry point: report Ready, then Summary or Failed on ``ctl``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process owns shutdown
     logsetup.configure(job.log)
+    if job.command == "watch":
+        _watch(data, ctl, job)
+        return
     mode = _MODES[job.command]
     try:
         with ManifestStore.open(job.manifest, mode) as store:
@@ -182,3 +197,137 @@ class _Collector:
             # The reader (e.g. `| head`) stopped listening; the exit code still tells all.
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
+
+
+# -- the daemon ---------------------------------------------------------------------------
+
+
+def _watch(data: Connection, ctl: Connection, job: Job) -> None:
+    """The daemon's collector: write each finding as it arrives, until Finish."""
+    try:
+        with ManifestStore.open(job.manifest, "read"):
+            pass  # a damaged or foreign manifest fails here, before the daemon says READY
+        live = _Live(job)
+    except IntegritydError as e:
+        ctl.send(Failed(type(e).__name__, str(e), e.exit_code))
+        return
+    ctl.send(Ready())
+    try:
+        with guard(job.manifest):
+            summary = live.receive(data, ctl)
+        if summary is not None:
+            ctl.send(summary)
+    except IntegritydError as e:
+        ctl.send(Failed(type(e).__name__, str(e), e.exit_code))
+    except Exception as e:
+        log.exception("collector_failed")
+        ctl.send(Failed("CollectorDied", f"internal error in the collector: {e!r}", 19))
+    finally:
+        live.close()
+
+
+def _key(f: Finding) -> tuple[object, ...]:
+    """What makes a finding new: the state it reports; times change with every write."""
+    s = f.new
+    if s is None:
+        return (f.action,)
+    return (f.action, s.type, s.size, s.sha256, s.mode, s.uid, s.gid, s.target, s.error_type)
+
+
+def _recorded(s: FileState | None) -> tuple[object, ...] | None:
+    return None if s is None else tuple(s[1:11])
+
+
+class _Live:
+    """Findings as they come, each distinct state once; a return to the baseline is ``restored``.
+
+    ``reported`` holds, per path that differs now, the baseline it was compared with and
+    the state reported: memory in proportion to the differences, never to the tree.
+    """
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.reader = BaselineReader(job.manifest, snapshot=False)
+        self.reported: dict[bytes, tuple[tuple[object, ...] | None, tuple[object, ...]]] = {}
+        self.counts: Counter[str] = Counter()
+        self.files = 0
+        self.bytes = 0
+        self.changing = 0
+        self.started = time.monotonic()
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def receive(self, data: Connection, ctl: Connection) -> Summary | None:
+        while True:
+            try:
+                msg = pickle.loads(data.recv_bytes())
+            except (EOFError, OSError):
+                return None
+            if isinstance(msg, Report):
+                self.report(msg)
+            elif isinstance(msg, Ping):
+                ctl.send(LiveStats(self.files, sum(self.counts.values())))
+            elif isinstance(msg, Job):
+                self.job = msg  # reloaded: new roots, new output settings
+            elif isinstance(msg, Finish):
+                return self.summary()
+
+    def report(self, r: Report) -> None:
+        self.files += r.files
+        self.bytes += r.nbytes
+        for f in r.findings:
+            self.finding(f)
+        for path, kind, message in r.unreadable_dirs:
+            self.finding(
+                Finding("unreadable", path, self.reader.lookup(path), failed(path, kind, message))
+            )
+        for path in r.matched:
+            self.matched(path)
+
+    def finding(self, f: Finding) -> None:
+        if f.new is not None and f.new.error_type == "changing":
+            # Written while we read it: that write raised an event of its own, which
+            # brings the file back once it settles. Reporting it now would be noise.
+            self.changing += 1
+            return
+        key = _key(f)
+        before = self.reported.get(f.path)
+        if before is not None and before[1] == key:
+            return  # reported already: a file that stays different is not news
+        self.reported[f.path] = (_recorded(f.old), key)
+        self.emit(f)
+
+    def matched(self, path: bytes) -> None:
+        before = self.reported.pop(path, None)
+        if before is None:
+            return
+        baseline = self.reader.lookup(path)
+        if _recorded(baseline) == before[0]:  # not when the change was accepted meanwhile
+            self.emit(Finding("restored", path, baseline, baseline))
+
+    def emit(self, f: Finding) -> None:
+        self.counts[f.action] += 1
+        e = event(f, "watch")
+        out = sys.stdout
+        if self.job.json:
+            out.write(json.dumps(e, ensure_ascii=False) + "\n")
+        else:
+            stamp = time.strftime("%H:%M:%S ")
+            out.write("\n".join(stamp + line for line in text_lines(e)) + "\n")
+        out.flush()
+
+    def summary(self) -> Summary:
+        s = Summary(
+            command="watch",
+            files=self.files,
+            bytes=self.bytes,
+            seconds=time.monotonic() - self.started,
+            counts=dict(self.counts),
+            unverified=0,
+            status=0,
+        )
+        if self.job.json:
+            sys.stdout.write(json.dumps(summary_event(s)) + "\n")
+            sys.stdout.flush()
+        return s

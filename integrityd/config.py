@@ -63,6 +63,23 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class WatchConfig:
+    """The daemon's timing; see the README's config reference."""
+
+    rescan_interval: float = 86400.0  # full re-scan, for what no event shows; 0: never
+    settle: float = 1.0  # a file still open for writing is hashed this long after its last write
+    max_pending: int = 100_000  # paths held for hashing before they fold into their directories
+
+    def __post_init__(self) -> None:
+        if self.rescan_interval < 0 or self.settle < 0:
+            msg = "must be a duration >= 0, like 30s, 10m, 24h"
+            raise ValueError(msg)
+        if self.max_pending < 100:
+            msg = f"must be >= 100, got {self.max_pending}"
+            raise ValueError(msg)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """Everything a run needs to know; ``workers == 0`` means one per usable CPU."""
 
@@ -72,6 +89,7 @@ class Config:
     chunk_size: int = 1 << 20
     report: Literal["text", "json"] = "text"
     log: LogConfig = field(default_factory=LogConfig)
+    watch: WatchConfig = field(default_factory=WatchConfig)
 
     def __post_init__(self) -> None:
         if self.workers < 0:
@@ -105,10 +123,18 @@ class Budget:
         return -(-total * n // d)
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$", re.IGNORECASE)
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$", re.IGNORECASE)
 _FRACTION = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
-_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _BUDGET_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT])(?:i?B)?\s*$", re.IGNORECASE)
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '10m', '24h', '7d' -> seconds; ValueError otherwise."""
+    if m := _DURATION.match(text):
+        return float(m.group(1)) * _SECONDS[m.group(2).lower()]
+    msg = f"expected a duration like 500ms, 30s, 10m, 24h or 7d, got {text!r}"
+    raise ValueError(msg)
 
 
 def parse_budget(text: str) -> Budget:
@@ -241,11 +267,38 @@ class _Builder:
             except ValueError as e:
                 bad = "format" if "auto, json" in str(e) else "level"
                 raise self.error(lm[bad], f"log.{bad}", str(e)) from e
+        if "watch" in m:
+            values["watch"] = self.watch(m["watch"])
         try:
             return Config(**values)
         except ValueError as e:
             bad = "workers" if "auto" in str(e) else "chunk_size" if "KiB" in str(e) else "report"
             raise self.error(m[bad], bad, str(e)) from e
+
+    def duration(self, node: yaml.Node, key: str) -> float:
+        value = self.scalar(node, key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+            return float(value)  # plain seconds
+        try:
+            return parse_duration(str(value))
+        except ValueError as e:
+            raise self.error(node, key, str(e)) from e
+
+    def watch(self, node: yaml.Node) -> WatchConfig:
+        allowed = {f.name for f in fields(WatchConfig)}
+        m = self.mapping(node, "watch", allowed)
+        values: dict[str, Any] = {}
+        for name in ("rescan_interval", "settle"):
+            if name in m:
+                values[name] = self.duration(m[name], f"watch.{name}")
+        if "max_pending" in m:
+            values["max_pending"] = self.typed(
+                m["max_pending"], "watch.max_pending", int, "a number"
+            )
+        try:
+            return WatchConfig(**values)
+        except ValueError as e:
+            raise self.error(m["max_pending"], "watch.max_pending", str(e)) from e
 
     def roots(self, node: yaml.Node) -> tuple[RootConfig, ...]:
         if not isinstance(node, yaml.SequenceNode):

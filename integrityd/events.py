@@ -13,7 +13,7 @@ from typing import Literal, NamedTuple
 
 from integrityd.config import LogConfig, RootConfig
 
-Command = Literal["init", "check", "accept", "verify"]
+Command = Literal["init", "check", "accept", "verify", "watch"]
 
 # Hints the walker gives the hash workers, from the directory entry's type.
 HINT_FILE = "f"
@@ -68,6 +68,7 @@ class DirTask:
 
     path: bytes
     scope: int  # index into Job.scopes
+    recursive: bool = True  # False: the directory's own entries only (the daemon's re-checks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +88,19 @@ class NewCycle:
 
     root: bytes
     ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """watch: main asks the collector to answer with ``LiveStats`` (proof it keeps up)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LiveStats:
+    """watch: the collector's running totals, for the service's status line."""
+
+    files: int
+    findings: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,3 +157,4 @@ class Report(NamedTuple):
     deletes: list[bytes]  # paths to drop from the baseline, with everything below them
     unreadable_dirs: list[tuple[bytes, str, str]]  # (directory, error type, message)
     verified: list[bytes]  # verify: paths read and compared, for their verified_ns
+    matched: list[bytes]  # watch: paths found as in the baseline (or absent from both)

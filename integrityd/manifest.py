@@ -315,13 +315,14 @@ class ManifestStore:
 class BaselineReader:
     """Read-only access to the committed baseline, for the hash workers."""
 
-    def __init__(self, path: bytes) -> None:
+    def __init__(self, path: bytes, snapshot: bool = True) -> None:
         uri = "file:" + urllib.parse.quote(os.fsdecode(path)) + "?mode=ro"
         try:
             self._conn = sqlite3.connect(
                 uri, uri=True, timeout=LOCK_TIMEOUT_S, isolation_level=None
             )
-            self._conn.execute("BEGIN")  # one snapshot for the whole run
+            if snapshot:
+                self._conn.execute("BEGIN")  # one snapshot for the whole run
         except sqlite3.Error as e:
             raise _sqlite_error(path, e) from e
 
@@ -348,6 +349,11 @@ class BaselineReader:
         sql = f"SELECT {_STATE} FROM files WHERE parent = ? AND name = ?"
         row = conn.execute(sql, split(path)).fetchone()
         return _state(path, row) if row else None
+
+
+def guard(path: bytes) -> _Guard:
+    """Context that turns SQLite errors on ``path`` into ManifestError subclasses."""
+    return _Guard(path)
 
 
 class _Guard:

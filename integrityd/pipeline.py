@@ -27,7 +27,7 @@ import structlog
 
 from integrityd import errors
 from integrityd.errors import CollectorDied, IntegritydError, WorkerDied
-from integrityd.events import Failed, Finish, Ready, Summary, Task
+from integrityd.events import Failed, Finish, LiveStats, Ready, Summary, Task
 
 log = structlog.get_logger()
 
@@ -65,7 +65,6 @@ class WorkerPool:
         self._deliver = deliver
         self._on_lost = on_lost
         self._guard = list(guard)
-        self._on_guard = on_guard
         self._workers: list[_Worker] = []
         self._pending: list[tuple[Task, int]] = []
         # Per scope, the most tasks in flight at once (a root on a spinning disk: 1).
@@ -76,9 +75,10 @@ class WorkerPool:
         # and fill a new one on every call, which at 16 workers limits the dispatch rate.
         self._selector = selectors.DefaultSelector()
         for g in self._guard:
-            self._selector.register(g, selectors.EVENT_READ, None)
+            self._selector.register(g, selectors.EVENT_READ, on_guard)
         self._restarts_left = 2 * count + 4
         self.restarts = 0
+        self.done: Counter[str] = Counter()  # finished tasks by kind (DirTask, FileTask)
 
     def __enter__(self) -> Self:
         for _ in range(self._count):
@@ -107,6 +107,20 @@ class WorkerPool:
         self._pending.append((task, tries))
         self._waiting[task.scope] += 1
 
+    @property
+    def busy(self) -> bool:
+        """True while any task is pending or in flight."""
+        return bool(self._pending) or any(w.inflight for w in self._workers)
+
+    @property
+    def backlog(self) -> int:
+        """Tasks waiting for a worker."""
+        return len(self._pending)
+
+    def add_reader(self, fileobj: Any, callback: Callable[[], None]) -> None:  # noqa: ANN401
+        """Call ``callback`` whenever ``fileobj`` is readable (the daemon's wake-up pipe)."""
+        self._selector.register(fileobj, selectors.EVENT_READ, callback)
+
     def run(self, source: Iterator[Task] | None = None) -> None:
         """Carry out every task (those submitted, then ``source``'s) and those they spawn.
 
@@ -119,24 +133,45 @@ class WorkerPool:
                 task = next(source, None)
                 if task is not None:
                     self._push(task, 0)
-            if not (self._pending or any(w.inflight for w in self._workers)):
+            if not self.busy:
                 return
-            while self._pending:
-                worker = min(self._workers, key=lambda w: len(w.inflight))
-                if len(worker.inflight) >= INFLIGHT:
-                    break
-                item = self._take()
-                if item is None:
-                    break  # every pending task waits for its scope's limit
-                worker.inflight.append(item)
-                self._running[item[0].scope] += 1
-                try:
-                    worker.conn.send(item[0])
-                except OSError:
-                    self._replace(worker)
-                if not self._pending and (task := next(source, None)) is not None:
-                    self._push(task, 0)
-            self._poll()
+            self._dispatch(source)
+            self._poll(None)
+
+    def step(self, timeout: float) -> None:
+        """Hand pending tasks to workers, then wait up to ``timeout`` s for anything to happen."""
+        self._dispatch(iter(()))
+        self._poll(timeout)
+
+    def reconfigure(self, job: Any) -> None:  # noqa: ANN401 - the first of the workers' args
+        """Give every worker, and later replacements, a new job; tasks sent before keep the old."""
+        self._args = (job, *self._args[1:])
+        for w in self._workers:
+            with contextlib.suppress(OSError):  # a dead worker's replacement gets the new args
+                w.conn.send(job)
+
+    def discard(self, scopes: set[int]) -> None:
+        """Drop the pending tasks of these scopes (roots no longer watched)."""
+        keep = [item for item in self._pending if item[0].scope not in scopes]
+        self._pending = keep
+        self._waiting = Counter(item[0].scope for item in keep)
+
+    def _dispatch(self, source: Iterator[Task]) -> None:
+        while self._pending:
+            worker = min(self._workers, key=lambda w: len(w.inflight))
+            if len(worker.inflight) >= INFLIGHT:
+                break
+            item = self._take()
+            if item is None:
+                break  # every pending task waits for its scope's limit
+            worker.inflight.append(item)
+            self._running[item[0].scope] += 1
+            try:
+                worker.conn.send(item[0])
+            except OSError:
+                self._replace(worker)
+            if not self._pending and (task := next(source, None)) is not None:
+                self._push(task, 0)
 
     def _take(self) -> tuple[Task, int] | None:
         """The newest pending task whose scope is under its limit."""
@@ -154,11 +189,11 @@ class WorkerPool:
                 return item
         return None
 
-    def _poll(self) -> None:
-        for key, _ in self._selector.select():
+    def _poll(self, timeout: float | None) -> None:
+        for key, _ in self._selector.select(timeout):
             worker = key.data
-            if worker is None:
-                self._on_guard()
+            if not isinstance(worker, _Worker):
+                worker()  # the collector's pipe, or another reader's callback
             elif worker not in self._workers:
                 continue  # already replaced during this round
             elif key.fileobj is worker.conn:
@@ -173,6 +208,7 @@ class WorkerPool:
         spawned, report = worker.conn.recv()
         done, _ = worker.inflight.pop(0)
         self._running[done.scope] -= 1
+        self.done[type(done).__name__] += 1
         for task in spawned:
             self._push(task, 0)
         self._deliver(report)
@@ -244,6 +280,8 @@ class CollectorHandle:
     def _expect(self, kind: type) -> Any:  # noqa: ANN401 - one of the collector's replies
         try:
             msg = self._ctl.recv()
+            while isinstance(msg, LiveStats) and kind is not LiveStats:
+                msg = self._ctl.recv()  # a late answer to a Ping, before the Summary
         except (EOFError, OSError):
             self._proc.join(STOP_TIMEOUT_S)
             msg = f"the collector process ended unexpectedly (exit code {self._proc.exitcode})"
@@ -259,6 +297,11 @@ class CollectorHandle:
     def failed(self) -> None:
         """Called when the collector spoke or died mid-run: that is always an error."""
         self._expect(Ready)  # raises what the collector reported, or CollectorDied
+
+    def stats(self) -> LiveStats:
+        """watch: read the collector's answer to a Ping; anything else is an error."""
+        stats: LiveStats = self._expect(LiveStats)
+        return stats
 
     def send_bytes(self, raw: bytes) -> None:
         """Forward a pickled message (a worker's report, as it came)."""

@@ -20,7 +20,7 @@ _ESCAPE = re.compile(r"\\(\\|x[0-9a-fA-F]{2})")
 _ECS_TYPE = {"added": "creation", "removed": "deletion", "unreadable": "info"}
 FINDING_BITS = {
     "added": 1, "removed": 2, "modified": 4, "backdated": 4, "metadata": 4, "corrupted": 4,
-    "unreadable": 8,
+    "unreadable": 8, "restored": 0,
 }  # fmt: skip
 KINDS = ("added", "removed", "modified", "backdated", "metadata", "corrupted", "unreadable")
 
@@ -130,6 +130,7 @@ def summary_event(s: Summary) -> dict[str, Any]:
             **{k: s.counts.get(k, 0) for k in KINDS},
             "unverified": s.unverified,
             "exit_code": s.status,
+            **({"restored": s.counts.get("restored", 0)} if s.command == "watch" else {}),
             **(s.verification or {}),
         },
     }

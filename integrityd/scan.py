@@ -30,7 +30,7 @@ from integrityd.events import (
     Task,
 )
 from integrityd.exclude import Excluder
-from integrityd.hashing import Hasher
+from integrityd.hashing import Hasher, failed
 from integrityd.manifest import BaselineReader, split
 from integrityd.walk import list_dir, relative
 
@@ -52,11 +52,12 @@ class _Found:
         self.deletes: list[bytes] = []
         self.unreadable_dirs: list[tuple[bytes, str, str]] = []
         self.verified: list[bytes] = []
+        self.matched: list[bytes] = []
 
     def report(self) -> Report:
         return Report(
             self.files, self.bytes, self.findings, self.rows, self.deletes, self.unreadable_dirs,
-            self.verified,
+            self.verified, self.matched,
         )  # fmt: skip
 
 
@@ -67,8 +68,10 @@ class Scanner:
         self.job = job
         self.writes = job.command in ("init", "accept")
         self.verifies = job.command == "verify"
+        self.watches = job.command == "watch"
         self.hasher = Hasher(chunk_size, max_rate)
-        self.baseline = BaselineReader(job.manifest)
+        # The daemon runs for months while people accept changes: no long-lived snapshot.
+        self.baseline = BaselineReader(job.manifest, snapshot=not self.watches)
         self.excluders = [Excluder(s.root.exclude) for s in job.scopes]
         self.attrs = [frozenset(s.root.check) for s in job.scopes]
         self.devices = [_device(s.start) if s.root.one_filesystem else None for s in job.scopes]
@@ -98,7 +101,9 @@ class Scanner:
             kind = "permission" if listing.error.startswith("PermissionError") else "os"
             found.unreadable_dirs.append((task.path, kind, listing.error))
             return []
-        spawned: list[Task] = [DirTask(d, task.scope) for d in listing.subdirs]
+        spawned: list[Task] = (
+            [DirTask(d, task.scope) for d in listing.subdirs] if task.recursive else []
+        )
         baseline = {row[0]: row for row in self.baseline.children(task.path)}
         huge = len(listing.entries) > HUGE_DIR
         deferred: list[bytes] = []
@@ -131,6 +136,8 @@ class Scanner:
                 self._compare(found, task.scope, state, old[1:11] if old else None)
             elif old is not None:
                 self._removed(found, task.scope, old)
+            elif self.watches:
+                found.matched.append(path)  # absent, as in the baseline
         return []
 
     def _compare(
@@ -143,9 +150,13 @@ class Scanner:
         if self.verifies and state.error_type is None:
             found.verified.append(state.path)
         if recorded is not None and state.error_type is None and recorded == state[1:11]:
+            if self.watches:
+                found.matched.append(state.path)
             return  # the common case: exactly as in the baseline
         old = FileState(state.path, *recorded) if recorded is not None else None  # type: ignore[arg-type]
         finding = classify(old, state, self.attrs[scope])
+        if finding is None and self.watches:
+            found.matched.append(state.path)
         if finding is not None and (finding.action == "unreadable" or self.job.command != "init"):
             found.findings.append(finding)
         if self.writes and state.error_type is None:
@@ -164,6 +175,16 @@ class Scanner:
                 )
         if self.writes:
             found.deletes.append(old.path)
+
+
+def lost_report(task: Task, reason: str) -> Report:
+    """What to report for a task that no worker could finish: its paths are unverifiable."""
+    if isinstance(task, DirTask):
+        return Report(0, 0, [], [], [], [(task.path, "worker_died", reason)], [], [])
+    findings = [
+        Finding("unreadable", p, None, failed(p, "worker_died", reason)) for p in task.paths
+    ]
+    return Report(0, 0, findings, [], [], [], [], [])
 
 
 _IOPRIO_SET = {"x86_64": 251, "aarch64": 30}  # syscall numbers; the stdlib has no wrapper
@@ -197,6 +218,10 @@ def worker_main(
     scanner = Scanner(job, chunk_size, max_rate)
     try:
         while (task := conn.recv()) is not None:
+            if isinstance(task, Job):  # the daemon reloaded its config; no reply expected
+                scanner.close()
+                scanner = Scanner(task, chunk_size, max_rate)
+                continue
             spawned, report = scanner.run(task)
             conn.send((spawned, pickle.dumps(report, pickle.HIGHEST_PROTOCOL)))
     except (EOFError, BrokenPipeError):

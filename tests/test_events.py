@@ -36,6 +36,7 @@ MESSAGES = [
         [b"/r/x"],
         [(b"/r/d", "permission", "PermissionError: denied")],
         [b"/r/a"],
+        [b"/r/b"],
     ),
     Finish(),
     Ready(),

@@ -1,0 +1,534 @@
+"""Composition root of the daemon (``integrityd watch``): real time on the audit's pipeline.
+
+Data flow::
+
+    watchdog observer thread ──> Changes: settled, de-duplicated, bounded
+                                    │  due paths, batched
+    main loop ──── FileTask / DirTask ──> worker xN: hash, compare ──> collector ──> stdout
+        │  full scans: at start (catch-up), every rescan_interval, after lost events
+        └─ signals (TERM/INT: stop, HUP: reload) and sd_notify (READY, STATUS, WATCHDOG)
+
+Watching begins before the catch-up scan does, so a change made during the scan is
+seen by the scan, by an event, or by both (the collector reports it once). The daemon
+never writes the manifest: the baseline changes only when a person runs ``accept``.
+
+Everything that could make it miss a change without noticing is checked for: the
+kernel's event queue overflowing (watchdog logs it; see ``watch.LostEvents``), the
+watch limit leaving directories unwatched (the kernel's count of watches, against the
+directories the scan walked), the observer thread dying, a root vanishing. Each is
+logged with its numbers and answered with a scan of what it may have hidden.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import logging
+import math
+import multiprocessing
+import os
+import pickle
+import signal
+import time
+from collections import defaultdict
+from types import FrameType
+
+import structlog
+from watchdog.observers.api import ObservedWatch
+from watchdog.observers.inotify import InotifyObserver
+
+from integrityd import audit, collector, config, scan
+from integrityd.config import Config
+from integrityd.errors import IntegritydError, ManifestLocked, RootError
+from integrityd.events import DirTask, FileTask, Job, LiveStats, Ping, Scope, Task
+from integrityd.manifest import journal_files
+from integrityd.notify import Notifier
+from integrityd.pipeline import CollectorHandle, WorkerPool
+from integrityd.watch import (
+    EVENT_FILTER,
+    FILE,
+    TREE,
+    Changes,
+    Handler,
+    LostEvents,
+    Routes,
+    queue_limit,
+    watch_count,
+    watch_limit,
+)
+
+log = structlog.get_logger()
+
+TICK_S = 1.0  # the loop wakes at least this often, for timers and the watchdog
+STATUS_S = 2.0  # STATUS= updates and collector pings
+DEGRADED_RESCAN_S = 600.0  # re-scan interval while some directories cannot be watched
+BATCH = 64  # paths per FileTask in a flood; a single change goes alone, for latency
+
+
+def lock_path(manifest: bytes) -> bytes:
+    """The file whose lock says that a daemon watches this manifest."""
+    return manifest + b"-watch.lock"
+
+
+def _take_lock(manifest: bytes) -> int:
+    """Refuse to run twice on one manifest: two daemons would report everything twice."""
+    path = lock_path(manifest)
+    name = os.fsdecode(manifest)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise ManifestLocked(
+            f"cannot create the lock file {os.fsdecode(path)}: {e.strerror}"
+        ) from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise ManifestLocked(
+            f"another integrityd watch (pid {holder}) is already watching manifest {name}"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _covers(root: bytes, path: bytes) -> bool:
+    return path == root or path.startswith(root.rstrip(b"/") + b"/")
+
+
+@dataclasses.dataclass
+class _Scan:
+    reason: str
+    started: float
+    dirs_before: int
+
+
+class Daemon:
+    """One run of ``integrityd watch``; ``run()`` returns the exit code."""
+
+    def __init__(
+        self, config_path: str | None, cfg: Config, manifest: bytes, json_out: bool
+    ) -> None:
+        self.config_path = config_path
+        self.cfg = cfg
+        self.manifest = manifest
+        self.json_out = json_out
+        self.notifier = Notifier()
+        self.workers = cfg.worker_count()
+        self.stop_signal: int | None = None
+        self.reload_wanted = False
+        self.overflowed = 0  # inotify queue overflows heard, set from watchdog's thread
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.changes = Changes(cfg.watch.settle, cfg.watch.max_pending, self._wake)
+        self.job: Job | None = None
+        self.active: set[int] = set()  # scope indices being watched; removed ones keep theirs
+        self.watches: dict[int, ObservedWatch] = {}
+        self.observer: InotifyObserver | None = None
+        self.handler: Handler | None = None
+        self.pool: WorkerPool | None = None
+        self.handle: CollectorHandle | None = None
+        self.scan: _Scan | None = None
+        self.scan_wanted: dict[int, str] = {}
+        self.last_scan = time.monotonic()
+        self.degraded = False
+        self.stats = LiveStats(0, 0)
+        self.stats_at = time.monotonic()
+        self.status_at = 0.0
+        self.watchdog_at = 0.0
+        self.lock: int | None = None
+
+    # -- start and stop ------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Watch until SIGTERM or SIGINT; raise IntegritydError on what cannot go on."""
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        old[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_signal)
+        watchdog_log = logging.getLogger("watchdog")
+        lost = LostEvents(self._on_overflow, self._forward)
+        watchdog_log.addHandler(lost)
+        watchdog_log.propagate = False
+        try:
+            return self._run()
+        finally:
+            watchdog_log.removeHandler(lost)
+            self._stop_observer()
+            if self.pool is not None:
+                self.pool.stop(graceful=False)  # they only read: nothing to lose, and fast
+            if self.handle is not None:
+                self.handle.close()
+            if self.lock is not None:
+                os.close(self.lock)
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+            self.notifier.close()
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def _run(self) -> int:
+        scopes = self._resolve(self.cfg)
+        self.lock = _take_lock(self.manifest)
+        self.job = Job(
+            command="watch",
+            manifest=self.manifest,
+            scopes=scopes,
+            skip=journal_files(self.manifest) | {lock_path(self.manifest)},
+            json=self.json_out,
+            progress=False,
+            log=self.cfg.log,
+        )
+        self.active = set(range(len(scopes)))
+        ctx = multiprocessing.get_context("forkserver")  # cli starts it early, with a preload
+        self.handle = CollectorHandle(ctx, collector.run, self.job)
+        self.pool = WorkerPool(
+            ctx,
+            count=self.workers,
+            target=scan.worker_main,
+            args=(self.job, self.cfg.chunk_size, None, False),
+            deliver=self.handle.send_bytes,
+            on_lost=self._lost,
+            guard=self.handle.guard,
+            on_guard=self._collector_spoke,
+        )
+        self.pool.__enter__()
+        self.pool.add_reader(self.wake_r, self._drain)
+        self.handler = Handler(self.changes, self._routes())
+        self._start_observer()
+        self._check_limits()
+        self.notifier.send(READY=1, STATUS=self._status())
+        log.info(
+            "watching",
+            message=f"watching {len(scopes)} roots with {self.workers} workers",
+            roots=[os.fsdecode(s.start) for s in scopes],
+            watches=watch_count(),
+        )
+        self._start_scan("startup", self.active)
+        self._loop()
+        self.notifier.send(STOPPING=1, STATUS="stopping")
+        log.info("stopping", signal=self.stop_signal)
+        self.pool.stop(graceful=False)
+        self.pool = None
+        self.handle.finish()
+        return 0
+
+    def _resolve(self, cfg: Config) -> tuple[Scope, ...]:
+        scopes = audit.resolve_scopes("watch", cfg, self.manifest, [])
+        for s in scopes:
+            if not os.path.isdir(s.start):
+                raise RootError(f"root {os.fsdecode(s.start)} is not a directory; watch needs one")
+        return scopes
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self.reload_wanted = True
+        else:
+            self.stop_signal = signum
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # full: a wake-up is pending anyway
+            os.write(self.wake_w, b"\0")
+
+    def _drain(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self.wake_r, 4096):
+                pass
+
+    def _on_overflow(self) -> None:
+        self.overflowed += 1
+        self._wake()
+
+    @staticmethod
+    def _forward(record: logging.LogRecord) -> None:
+        log.warning("watchdog", message=record.getMessage(), logger=record.name)
+
+    # -- the observer --------------------------------------------------------------------
+
+    def _routes(self) -> Routes:
+        assert self.job is not None
+        return Routes([(i, self.job.scopes[i]) for i in self.active], self.job.skip)
+
+    def _start_observer(self) -> None:
+        self.observer = InotifyObserver(generate_full_events=True)
+        self.observer.start()
+        self.watches = {}
+        for i in sorted(self.active):
+            self._watch(i)
+
+    def _watch(self, i: int) -> None:
+        assert self.observer is not None and self.handler is not None and self.job is not None
+        path = os.fsdecode(self.job.scopes[i].start)
+        try:
+            self.watches[i] = self.observer.schedule(
+                self.handler, path, recursive=True, event_filter=EVENT_FILTER
+            )
+        except OSError as e:
+            log.error(
+                "watch_failed",
+                message=f"cannot watch {path}: {e.strerror}; only scans will cover it",
+                root=path,
+            )
+            self.degraded = True
+
+    def _stop_observer(self) -> None:
+        if self.observer is not None:
+            self.observer.stop()
+            self.observer.join(5)
+            self.observer = None
+
+    def _check_limits(self) -> None:
+        """Warn at once when the watch limit is reached; the scans' count confirms it later."""
+        held, limit = watch_count(), watch_limit()
+        if limit is not None and held >= limit:
+            self._unwatched(held, None, limit)
+
+    def _unwatched(self, held: int, dirs: int | None, limit: int | None) -> None:
+        self.degraded = True
+        log.warning(
+            "watches_missing",
+            message="some directories cannot be watched (fs.inotify.max_user_watches); "
+            f"changes there are found by a scan every {DEGRADED_RESCAN_S:.0f} s",
+            watches=held,
+            directories=dirs,
+            max_user_watches=limit,
+        )
+
+    def _observer_alive(self) -> bool:
+        if self.observer is None or not self.observer.is_alive():
+            return False
+        emitters = {e.watch for e in self.observer.emitters if e.is_alive()}
+        return all(w in emitters for w in self.watches.values())
+
+    def _restart_observer(self) -> None:
+        missing = [
+            os.fsdecode(self.job.scopes[i].start) for i in self.active if self._gone(i)
+        ] if self.job else []  # fmt: skip
+        log.error(
+            "observer_restarted",
+            message="the file-watching thread stopped; restarting it and re-scanning",
+            missing_roots=missing,
+        )
+        self._stop_observer()
+        self._start_observer()
+        self._request_scan("observer_restarted", self.active)
+
+    def _gone(self, i: int) -> bool:
+        assert self.job is not None
+        return not os.path.isdir(self.job.scopes[i].start)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        assert self.pool is not None
+        while self.stop_signal is None:
+            if self.reload_wanted:
+                self.reload_wanted = False
+                self._reload()
+            self._feed()
+            self._housekeeping()
+            self.pool.step(self._timeout())
+
+    def _timeout(self) -> float:
+        due = self.changes.next_due()
+        timeout = TICK_S if due is None else min(TICK_S, due)
+        if self.notifier.watchdog_s is not None:
+            timeout = min(timeout, self.notifier.watchdog_s)
+        return timeout
+
+    def _feed(self) -> None:
+        """Turn due changes into tasks, a few per worker: the rest wait, merged, in Changes."""
+        assert self.pool is not None and self.job is not None
+        room = 2 * self.workers - self.pool.backlog
+        if room <= 0:
+            return
+        files: dict[int, list[bytes]] = defaultdict(list)
+        for kind, path, i in self.changes.due(room * BATCH):
+            if i not in self.active:
+                continue
+            root = self.job.scopes[i].root.path
+            if kind == FILE:
+                files[i].append(path)
+            elif _covers(root, path):
+                self.pool.submit(DirTask(path, i, recursive=kind == TREE))
+            else:
+                files[i].append(root)  # folded from the root's own entry into its parent
+        for i, paths in files.items():
+            size = max(1, min(BATCH, math.ceil(len(paths) / self.workers)))
+            for k in range(0, len(paths), size):
+                self.pool.submit(FileTask(tuple(paths[k : k + size]), i))
+
+    def _housekeeping(self) -> None:
+        assert self.pool is not None
+        now = time.monotonic()
+        if self.scan is not None and not self.pool.busy:
+            self._scan_done(now)
+        if self.overflowed:
+            log.warning(
+                "events_lost",
+                message="the kernel's inotify queue overflowed and events were lost; "
+                "re-scanning every root",
+                overflows=self.overflowed,
+                max_queued_events=queue_limit(),
+            )
+            self.overflowed = 0
+            self._request_scan("events_lost", self.active)
+        if over := self.changes.take_rescans():
+            log.warning(
+                "backlog_full",
+                message=f"more than {self.cfg.watch.max_pending:,} paths waited to be hashed; "
+                "re-scanning the roots they belong to instead",
+                folded=self.changes.folded,
+            )
+            self._request_scan("backlog_full", over)
+        interval = self.cfg.watch.rescan_interval
+        if self.degraded:
+            interval = min(interval, DEGRADED_RESCAN_S) if interval else DEGRADED_RESCAN_S
+        if self.scan is None and interval and now - self.last_scan >= interval:
+            self._request_scan("periodic", self.active)
+        if self.scan is None and self.scan_wanted:
+            wanted, self.scan_wanted = self.scan_wanted, {}
+            self._start_scan(next(iter(wanted.values())), set(wanted))
+        if now - self.status_at >= STATUS_S or (
+            self.notifier.watchdog_s and now - self.status_at >= self.notifier.watchdog_s
+        ):
+            self.status_at = now
+            if not self._observer_alive():
+                self._restart_observer()
+            assert self.handle is not None
+            self.handle.send(Ping())
+            self.notifier.send(STATUS=self._status())
+        self._watchdog(now)
+
+    def _watchdog(self, now: float) -> None:
+        """WATCHDOG=1 only while the collector answers: a stuck pipeline stops the pings."""
+        interval = self.notifier.watchdog_s
+        if interval is None or now - self.watchdog_at < interval:
+            return
+        if now - self.stats_at <= 2 * max(interval, STATUS_S) + TICK_S:
+            self.notifier.send(WATCHDOG=1)
+            self.watchdog_at = now
+
+    def _collector_spoke(self) -> None:
+        assert self.handle is not None
+        self.stats = self.handle.stats()  # anything but stats (a failure, EOF) raises
+        self.stats_at = time.monotonic()
+
+    def _status(self) -> str:
+        scanning = f"; scanning ({self.scan.reason})" if self.scan else ""
+        return (
+            f"watching {len(self.active)} roots; {self.stats.files:,} files checked, "
+            f"{self.stats.findings:,} findings; {len(self.changes):,} paths pending{scanning}"
+        )
+
+    def _lost(self, task: Task, reason: str) -> None:
+        assert self.handle is not None
+        self.handle.send_bytes(pickle.dumps(scan.lost_report(task, reason)))
+
+    # -- scans ---------------------------------------------------------------------------
+
+    def _request_scan(self, reason: str, scopes: set[int]) -> None:
+        for i in scopes:
+            self.scan_wanted.setdefault(i, reason)
+
+    def _start_scan(self, reason: str, scopes: set[int]) -> None:
+        assert self.pool is not None and self.job is not None
+        scopes = scopes & self.active
+        if not scopes:
+            return
+        self.last_scan = time.monotonic()
+        self.scan = _Scan(reason, self.last_scan, self.pool.done["DirTask"])
+        roots = []
+        for i in sorted(scopes):
+            start = self.job.scopes[i].start
+            roots.append(os.fsdecode(start))
+            self.pool.submit(FileTask((start,), i))
+            if os.path.isdir(start):
+                self.pool.submit(DirTask(start, i))
+        log.info("scan_started", reason=reason, roots=roots)
+
+    def _scan_done(self, now: float) -> None:
+        assert self.scan is not None and self.pool is not None
+        dirs = self.pool.done["DirTask"] - self.scan.dirs_before
+        log.info(
+            "scan_finished",
+            reason=self.scan.reason,
+            seconds=round(now - self.scan.started, 3),
+            directories=dirs,
+        )
+        self.scan = None
+        held = watch_count()
+        if held < dirs:  # every directory walked should hold a watch
+            self._unwatched(held, dirs, watch_limit())
+
+    # -- reload --------------------------------------------------------------------------
+
+    def _reload(self) -> None:
+        """SIGHUP: re-read the config; roots come and go without a restart."""
+        assert self.job is not None and self.pool is not None and self.handle is not None
+        self.notifier.reloading()
+        try:
+            cfg = config.load(self.config_path) if self.config_path else config.Config()
+            scopes = self._resolve(cfg)
+        except IntegritydError as e:
+            log.error(
+                "reload_failed",
+                message=f"{e}; still running with the previous config",
+                error_type=type(e).__name__,
+            )
+            self.notifier.send(READY=1, STATUS=self._status())
+            return
+        known = {self.job.scopes[i]: i for i in self.active}
+        all_scopes = list(self.job.scopes)
+        keep: set[int] = set()
+        added: set[int] = set()
+        for s in scopes:
+            if s in known:
+                keep.add(known[s])
+            else:
+                added.add(len(all_scopes))
+                all_scopes.append(s)
+        removed = self.active - keep
+        ignored = [
+            k
+            for k in ("manifest", "workers", "chunk_size")
+            if getattr(cfg, k) != getattr(self.cfg, k)
+        ]
+        if ignored:
+            log.warning("reload_partial", message="these settings need a restart", keys=ignored)
+        self.job = dataclasses.replace(
+            self.job, scopes=tuple(all_scopes), log=cfg.log, json=self.json_out
+        )
+        self.cfg = dataclasses.replace(
+            cfg,
+            manifest=self.cfg.manifest,
+            workers=self.cfg.workers,
+            chunk_size=self.cfg.chunk_size,
+        )
+        self.changes.settle = cfg.watch.settle
+        self.changes.max_pending = cfg.watch.max_pending
+        self.pool.reconfigure(self.job)
+        self.handle.send(self.job)
+        for i in removed:
+            watch = self.watches.pop(i, None)
+            if watch is not None and self.observer is not None:
+                self.observer.unschedule(watch)
+        self.active = keep | added
+        self.pool.discard(removed)
+        self.changes.drop(removed)
+        assert self.handler is not None
+        self.handler.routes = self._routes()
+        for i in sorted(added):
+            self._watch(i)
+        log.info(
+            "reloaded",
+            added=[os.fsdecode(all_scopes[i].start) for i in sorted(added)],
+            removed=[os.fsdecode(all_scopes[i].start) for i in sorted(removed)],
+        )
+        self._request_scan("root_added", added)
+        self.notifier.send(READY=1, STATUS=self._status())
+
+
+def run(config_path: str | None, cfg: Config, manifest: bytes, json_out: bool) -> int:
+    """Run the daemon; the exit code is 0 after SIGTERM or SIGINT."""
+    return Daemon(config_path, cfg, manifest, json_out).run()

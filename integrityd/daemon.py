@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import logging
 import math
@@ -125,6 +126,7 @@ class Daemon:
         self.job: Job | None = None
         self.active: set[int] = set()  # scope indices being watched; removed ones keep theirs
         self.watches: dict[int, ObservedWatch] = {}
+        self.missing: set[int] = set()  # roots that vanished: watched again when back
         self.observer: InotifyObserver | None = None
         self.handler: Handler | None = None
         self.pool: WorkerPool | None = None
@@ -264,11 +266,15 @@ class Daemon:
                 self.handler, path, recursive=True, event_filter=EVENT_FILTER
             )
         except OSError as e:
+            gone = e.errno == errno.ENOENT
             log.error(
                 "watch_failed",
-                message=f"cannot watch {path}: {e.strerror}; only scans will cover it",
+                message=f"cannot watch {path}: {e.strerror}; "
+                + ("watching it again once it is back" if gone else "only scans will cover it"),
                 root=path,
             )
+            if gone:
+                self.missing.add(i)
             self.degraded = True
 
     def _stop_observer(self) -> None:
@@ -312,6 +318,17 @@ class Daemon:
         self._stop_observer()
         self._start_observer()
         self._request_scan("observer_restarted", self.active)
+
+    def _rewatch(self) -> None:
+        """Watch again a root that could not be watched (missing at the time) once it is back."""
+        for i in sorted(self.missing & self.active):
+            if not self._gone(i):
+                self.missing.discard(i)
+                self._watch(i)
+                if i in self.watches:
+                    assert self.job is not None
+                    log.info("root_watched", root=os.fsdecode(self.job.scopes[i].start))
+                    self._request_scan("root_back", {i})
 
     def _gone(self, i: int) -> bool:
         assert self.job is not None
@@ -395,6 +412,7 @@ class Daemon:
             self.status_at = now
             if not self._observer_alive():
                 self._restart_observer()
+            self._rewatch()
             assert self.handle is not None
             self.handle.send(Ping())
             self.notifier.send(STATUS=self._status())

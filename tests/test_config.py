@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from integrityd.config import DEFAULT_CHECK, Config, LogConfig, RootConfig, load
+from integrityd.config import DEFAULT_CHECK, Config, LogConfig, RootConfig, WatchConfig, load
 from integrityd.errors import ConfigError
 
 from .conftest import integrityd
@@ -30,6 +30,7 @@ def test_full_config_loads(tmp_path: Path) -> None:
         "chunk_size: 256KiB\n"
         "report: json\n"
         "log: {format: json, level: debug}\n"
+        "watch: {rescan_interval: 6h, settle: 250ms, max_pending: 5000}\n"
         "roots:\n"
         "  - path: /etc\n"
         "    exclude: ['*.swp', /mtab]\n"
@@ -43,6 +44,7 @@ def test_full_config_loads(tmp_path: Path) -> None:
         chunk_size=256 * 1024,
         report="json",
         log=LogConfig(format="json", level="debug"),
+        watch=WatchConfig(rescan_interval=6 * 3600.0, settle=0.25, max_pending=5000),
         roots=(
             RootConfig(
                 path=b"/etc",
@@ -87,6 +89,10 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
         ("log:\n  level: loud\n", ":2: log.level: must be one of"),
         ("log:\n  format: xml\n", ":2: log.format: must be auto, json or console"),
         ("report: html\n", ":1: report: must be text or json"),
+        ("watch:\n  settle: soon\n", ":2: watch.settle: expected a duration like 500ms"),
+        ("watch:\n  rescan_interval: -5\n", ":2: watch.rescan_interval: expected a duration"),
+        ("watch:\n  max_pending: 10\n", ":2: watch.max_pending: must be >= 100"),
+        ("watch:\n  settel: 1s\n", ":2: watch.settel: unknown key"),
         ("roots: [\n", ": invalid YAML"),
         ("workers: 1\nworkers: 2\n", ":2: workers: duplicate key"),
         ("- a\n- b\n", ":1: : expected a mapping"),

@@ -370,6 +370,35 @@ def test_sighup_adds_and_removes_roots_and_survives_a_broken_config(
     assert ("added", str(a / "after")) not in w.findings()
 
 
+def test_root_removed_and_back(
+    tmp_path: Path, manifest: Path, watcher: Callable[..., Watcher]
+) -> None:
+    """A root deleted under the daemon is reported; the others stay watched; it comes back."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for r in (a, b):
+        (r / "sub").mkdir(parents=True)
+        (r / "sub" / "f").write_bytes(b"x")
+        assert integrityd("init", "-m", manifest, r).returncode == 0
+    w = watcher("-c", config(tmp_path, manifest, a, b))
+    w.ready()
+    w.scanned()
+    shutil.rmtree(a)
+    w.wait("removed", a / "sub" / "f")
+    w.wait("removed", a)
+    failed = w.log("watch_failed")
+    assert failed["root"] == str(a)
+    (b / "g").write_bytes(b"b is still watched")
+    w.wait("added", b / "g")
+
+    (a / "sub").mkdir(parents=True)
+    (a / "sub" / "f").write_bytes(b"x")
+    assert w.log("root_watched")["root"] == str(a)
+    w.wait("restored", a / "sub" / "f")
+    (a / "h").write_bytes(b"watched again")
+    w.wait("added", a / "h")
+    assert w.stop() == 0
+
+
 def test_killed_worker_is_replaced_and_its_paths_hashed(
     tree: Path, manifest: Path, watcher: Callable[..., Watcher]
 ) -> None:

@@ -34,6 +34,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+RUN = time.time_ns()  # in every content this run writes: a state the baseline never had
 
 
 def build(base: Path, files: int, dirs: int, seed: int) -> Path:
@@ -173,7 +174,7 @@ def latency(d: Daemon, files: list[Path], changes: int, seed: int) -> str:
     for i in range(changes):
         path = files[rng.randrange(len(files))]
         start = time.monotonic()
-        path.write_bytes(b"change %d\n" % i)
+        path.write_bytes(b"change %d %d\n" % (RUN, i))  # never a state seen before
         while True:
             arrived, e = d.event()
             if e["file"]["path"] == str(path):
@@ -189,7 +190,7 @@ def storm(d: Daemon, files: list[Path]) -> tuple[str, str]:
     missing = {str(p) for p in files}
     start = time.monotonic()
     for p in files:
-        p.write_bytes(b"storm\n")
+        p.write_bytes(b"storm %d\n" % RUN)
     written = time.monotonic() - start
     peak = 0.0
     while missing:

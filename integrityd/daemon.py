@@ -193,7 +193,7 @@ class Daemon:
             guard=self.handle.guard,
             on_guard=self._collector_spoke,
         )
-        self.pool.__enter__()
+        self.pool.start()
         self.pool.add_reader(self.wake_r, self._drain)
         self.handler = Handler(self.changes, self._routes())
         self._start_observer()

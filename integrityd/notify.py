@@ -33,6 +33,7 @@ class Notifier:
         # Ping at half the timeout, as sd_watchdog_enabled(3) advises.
         self.watchdog_s: float | None = int(usec) / 2e6 if usec.isdigit() and mine else None
         self._warned = False
+        self.dropped = 0  # messages the manager's full queue could not take
 
     def send(self, **fields: object) -> None:
         """One message: ``send(READY=1, STATUS="watching")``."""
@@ -40,7 +41,11 @@ class Notifier:
             return
         data = "\n".join(f"{k}={v}" for k, v in fields.items()).encode()
         try:
-            self._sock.sendto(data, self._address)
+            # Never block: a manager that does not read (or a full queue) must not stall
+            # the loop that does the work. A dropped STATUS is replaced two seconds later.
+            self._sock.sendto(data, socket.MSG_DONTWAIT, self._address)
+        except BlockingIOError:
+            self.dropped += 1
         except OSError as e:
             if not self._warned:  # a vanished manager is worth one line, not one per ping
                 log.warning("notify_failed", message=f"cannot reach NOTIFY_SOCKET: {e.strerror}")

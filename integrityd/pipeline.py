@@ -81,6 +81,10 @@ class WorkerPool:
         self.done: Counter[str] = Counter()  # finished tasks by kind (DirTask, FileTask)
 
     def __enter__(self) -> Self:
+        return self.start()
+
+    def start(self) -> Self:
+        """Start the workers; ``stop`` ends them (the context manager does both)."""
         for _ in range(self._count):
             self._workers.append(self._spawn())
         return self

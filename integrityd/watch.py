@@ -89,7 +89,7 @@ class Changes:
         self._trees: set[bytes] = set()
         self._dirs: set[bytes] = set()
         self.rescan: set[int] = set()  # scopes to re-scan whole: too much to hold path by path
-        self.folded = 0  # paths that were folded into their directory
+        self.folded = 0  # directory listings that took the place of single paths
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -38,6 +38,7 @@ class Watcher:
         env: dict[str, str] | None = None,
         prefix: tuple[str, ...] = (),
         notify: bool = True,
+        read_notes: bool = True,
     ) -> None:
         self.notes: list[str] = []
         self.events: list[Event] = []
@@ -64,7 +65,7 @@ class Watcher:
             threading.Thread(target=self._lines, args=(self.proc.stdout, self.events)),
             threading.Thread(target=self._lines, args=(self.proc.stderr, self.logs)),
         ]
-        if self.sock is not None:
+        if self.sock is not None and read_notes:
             self._threads.append(threading.Thread(target=self._notes))
         for t in self._threads:
             t.daemon = True
@@ -466,6 +467,30 @@ def test_watchdog_pings_and_status_without_and_with_systemd(
     (tree / "x").write_bytes(b"x")
     plain.wait("added", tree / "x")
     assert plain.stop() == 0
+
+
+def test_a_manager_that_stops_reading_never_stalls_the_daemon(
+    tree: Path, manifest: Path, watcher: Callable[..., Watcher]
+) -> None:
+    """Notify messages are sent without blocking: a full socket queue drops them instead."""
+    assert integrityd("init", "-m", manifest, tree).returncode == 0
+    w = watcher("-m", manifest, env={"WATCHDOG_USEC": "10000"}, read_notes=False)
+    w.scanned()
+    assert w.sock is not None
+    address = w.sock.getsockname()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+
+        def full() -> bool:  # the daemon's pings (every 5 ms) fill the queue nobody reads
+            try:
+                probe.sendto(b"probe", socket.MSG_DONTWAIT, address)
+            except BlockingIOError:
+                return True
+            return False
+
+        wait_for(full, timeout=30, what="a full notify queue")
+    (tree / "later").write_bytes(b"still reported")
+    w.wait("added", tree / "later")
+    assert w.stop() == 0
 
 
 def test_missing_root_and_bad_config_fail_clearly(tmp_path: Path, manifest: Path) -> None:

@@ -8,10 +8,12 @@ sorted by path, to stdout.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
 import signal
+import sqlite3
 import sys
 import time
 from collections import Counter
@@ -238,17 +240,63 @@ def _recorded(s: FileState | None) -> tuple[object, ...] | None:
     return None if s is None else tuple(s[1:11])
 
 
+def _digest(value: object) -> bytes:
+    return hashlib.blake2b(pickle.dumps(value, pickle.HIGHEST_PROTOCOL), digest_size=16).digest()
+
+
+class _Reported:
+    """What was reported, per path that differs now: digests of baseline and state.
+
+    On disk (a private temporary SQLite database), so that a storm that changes a million
+    files costs disk, not memory.
+    """
+
+    def __init__(self) -> None:
+        self._db = sqlite3.connect("", isolation_level=None)  # "": a temporary file
+        self._db.execute("PRAGMA journal_mode = OFF")
+        self._db.execute("PRAGMA synchronous = OFF")
+        self._db.execute("PRAGMA cache_size = -4096")  # KiB: bounded, whatever the count
+        self._db.execute(
+            "CREATE TABLE reported (path BLOB PRIMARY KEY, baseline BLOB, state BLOB) WITHOUT ROWID"
+        )
+        self.count = 0
+
+    def get(self, path: bytes) -> tuple[bytes, bytes] | None:
+        if not self.count:
+            return None  # the usual case while nothing differs: no query per file
+        row = self._db.execute(
+            "SELECT baseline, state FROM reported WHERE path = ?", (path,)
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def put(self, path: bytes, baseline: bytes, state: bytes, *, new: bool) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO reported VALUES (?, ?, ?)", (path, baseline, state)
+        )
+        self.count += new
+
+    def pop(self, path: bytes) -> tuple[bytes, bytes] | None:
+        found = self.get(path)
+        if found is not None:
+            self._db.execute("DELETE FROM reported WHERE path = ?", (path,))
+            self.count -= 1
+        return found
+
+    def close(self) -> None:
+        self._db.close()
+
+
 class _Live:
     """Findings as they come, each distinct state once; a return to the baseline is ``restored``.
 
     ``reported`` holds, per path that differs now, the baseline it was compared with and
-    the state reported: memory in proportion to the differences, never to the tree.
+    the state reported, on disk.
     """
 
     def __init__(self, job: Job) -> None:
         self.job = job
         self.reader = BaselineReader(job.manifest, snapshot=False)
-        self.reported: dict[bytes, tuple[tuple[object, ...] | None, tuple[object, ...]]] = {}
+        self.reported = _Reported()
         self.counts: Counter[str] = Counter()
         self.files = 0
         self.bytes = 0
@@ -257,6 +305,7 @@ class _Live:
 
     def close(self) -> None:
         self.reader.close()
+        self.reported.close()
 
     def receive(self, data: Connection, ctl: Connection) -> Summary | None:
         while True:
@@ -292,18 +341,19 @@ class _Live:
             self.changing += 1
             return
         key = _key(f)
+        state = _digest(key)
         before = self.reported.get(f.path)
-        if before is not None and before[1] == key:
+        if before is not None and before[1] == state:
             return  # reported already: a file that stays different is not news
-        self.reported[f.path] = (_recorded(f.old), key)
+        self.reported.put(f.path, _digest(_recorded(f.old)), state, new=before is None)
         self.emit(f)
 
     def matched(self, path: bytes) -> None:
-        before = self.reported.pop(path, None)
+        before = self.reported.pop(path)
         if before is None:
             return
         baseline = self.reader.lookup(path)
-        if _recorded(baseline) == before[0]:  # not when the change was accepted meanwhile
+        if _digest(_recorded(baseline)) == before[0]:  # not when the change was accepted meanwhile
             self.emit(Finding("restored", path, baseline, baseline))
 
     def emit(self, f: Finding) -> None:

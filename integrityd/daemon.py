@@ -310,9 +310,10 @@ class Daemon:
         missing = [
             os.fsdecode(self.job.scopes[i].start) for i in self.active if self._gone(i)
         ] if self.job else []  # fmt: skip
+        what = f"roots vanished: {', '.join(missing)}" if missing else "the watching thread died"
         log.error(
             "observer_restarted",
-            message="the file-watching thread stopped; restarting it and re-scanning",
+            message=f"{what}; restarting the observer and re-scanning",
             missing_roots=missing,
         )
         self._stop_observer()

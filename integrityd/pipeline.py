@@ -78,7 +78,8 @@ class WorkerPool:
             self._selector.register(g, selectors.EVENT_READ, on_guard)
         self._restarts_left = 2 * count + 4
         self.restarts = 0
-        self.done: Counter[str] = Counter()  # finished tasks by kind (DirTask, FileTask)
+        # Finished tasks by kind: DirTask (a directory walked), DirList (one re-listed), FileTask.
+        self.done: Counter[str] = Counter()
 
     def __enter__(self) -> Self:
         return self.start()
@@ -212,7 +213,7 @@ class WorkerPool:
         spawned, report = worker.conn.recv()
         done, _ = worker.inflight.pop(0)
         self._running[done.scope] -= 1
-        self.done[type(done).__name__] += 1
+        self.done[type(done).__name__ if getattr(done, "recursive", True) else "DirList"] += 1
         for task in spawned:
             self._push(task, 0)
         self._deliver(report)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +221,8 @@ def test_catch_up_then_every_kind_of_change_in_real_time(
     assert renamed["file"]["hash"]["sha256"] == sha(b"new content\n")
     w.wait("added", tree / "inner")
     assert w.wait("added", tree / "inner" / "x.txt")["file"]["hash"]["sha256"] == sha(b"moved in\n")
+    (tree / "inner" / "later.txt").write_bytes(b"the moved-in directory is watched\n")
+    w.wait("added", tree / "inner" / "later.txt")
     w.wait("removed", tree / "sub" / "deep")
     w.wait("removed", tree / "sub" / "deep" / "d.txt")
 
@@ -235,6 +239,7 @@ def test_catch_up_then_every_kind_of_change_in_real_time(
         ("added", str(tree / "sub" / "renamed.txt")),
         ("added", str(tree / "inner")),
         ("added", str(tree / "inner" / "x.txt")),
+        ("added", str(tree / "inner" / "later.txt")),
         ("removed", str(tree / "sub" / "deep")),
         ("removed", str(tree / "sub" / "deep" / "d.txt")),
     }
@@ -276,6 +281,47 @@ def test_many_writes_one_event_then_restored(
     w.wait("restored", tree / "marker")  # added, then gone again: back to the baseline
     assert w.stop() == 0
     assert w.events[-1]["summary"]["restored"] == 2
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_chown_is_a_metadata_change(
+    tree: Path, manifest: Path, watcher: Callable[..., Watcher]
+) -> None:
+    assert integrityd("init", "-m", manifest, tree).returncode == 0
+    w = watcher("-m", manifest)
+    w.ready()
+    w.scanned()
+    os.chown(tree / "a.txt", 4321, 4322)
+    e = w.wait("metadata", tree / "a.txt")
+    assert (e["changes"], e["file"]["uid"], e["file"]["gid"]) == (["uid", "gid"], "4321", "4322")
+    assert w.stop() == 0
+
+
+def test_periodic_rescan_finds_what_no_event_shows(
+    tree: Path, manifest: Path, tmp_path: Path, watcher: Callable[..., Watcher]
+) -> None:
+    """A write through mmap raises no inotify event; the periodic re-scan catches it."""
+    target = tree / "b.bin"
+    assert integrityd("init", "-m", manifest, tree).returncode == 0
+    w = watcher("-c", config(tmp_path, manifest, tree, rescan_interval="2s"))
+    w.ready()
+    w.scanned()
+    # The file stays open: closing a file opened for writing raises IN_CLOSE_WRITE.
+    with open(target, "r+b") as f, mmap.mmap(f.fileno(), 0) as m:
+        m[0:4] = b"\xff\xfe\xfd\xfc"
+        m.flush()
+        e = w.wait("modified", target, timeout=30)
+        assert e["file"]["hash"]["sha256"] == sha(target.read_bytes())
+    periodic = [x for x in w.logs if x.get("event") == "scan_started" and x["reason"] == "periodic"]
+    assert periodic, "no periodic scan"
+    assert _when(periodic[0]["timestamp"]) < _when(e["@timestamp"]), "found by the scan"
+    assert w.stop() == 0
+
+
+def _when(stamp: str) -> datetime:
+    """An ISO 8601 UTC timestamp (nanoseconds cut to microseconds)."""
+    head, _, frac = stamp.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{head}.{frac[:6]:0<6}+00:00")
 
 
 def test_own_reads_raise_no_events(

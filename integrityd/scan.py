@@ -88,7 +88,23 @@ class Scanner:
         )
         return spawned, found.report()
 
+    def _elsewhere(self, scope: int, directory: bytes) -> bool:
+        """watch: True if ``directory`` is on another filesystem than a one_filesystem root.
+
+        A full walk never enters such a directory; events from inside it must not report
+        what the walk does not (a mount over part of the tree is found by the scans).
+        """
+        device = self.devices[scope]
+        if device is None or not self.watches:
+            return False
+        try:
+            return os.lstat(directory).st_dev != device
+        except OSError:
+            return False  # gone: the path reads as missing, as it should
+
     def _directory(self, task: DirTask, found: _Found) -> list[Task]:
+        if self._elsewhere(task.scope, task.path):
+            return []
         scope = self.job.scopes[task.scope]
         listing = list_dir(
             task.path,
@@ -129,7 +145,14 @@ class Scanner:
         return spawned
 
     def _files(self, task: FileTask, found: _Found) -> list[Task]:
+        elsewhere: dict[bytes, bool] = {}
         for path in task.paths:
+            parent = os.path.dirname(path)
+            if path != self.job.scopes[task.scope].start:
+                if parent not in elsewhere:
+                    elsewhere[parent] = self._elsewhere(task.scope, parent)
+                if elsewhere[parent]:
+                    continue
             state = self.hasher.state(path, HINT_FILE)
             old = self.baseline.lookup(path)
             if state.type != "missing":

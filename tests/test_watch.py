@@ -446,6 +446,31 @@ def test_root_removed_and_back(
     assert w.stop() == 0
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs")
+def test_one_filesystem_holds_for_events_too(
+    tree: Path, manifest: Path, watcher: Callable[..., Watcher]
+) -> None:
+    """A filesystem mounted inside a root is not entered by scans, nor reported from events."""
+    mnt = tree / "mnt"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "none", str(mnt)], check=False).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        (mnt / "before").write_bytes(b"on the tmpfs")
+        assert integrityd("init", "-m", manifest, tree).returncode == 0
+        w = watcher("-m", manifest)
+        w.ready()
+        w.scanned()
+        (mnt / "inside").write_bytes(b"not ours")
+        (mnt / "before").write_bytes(b"changed, not ours either")
+        (tree / "outside").write_bytes(b"ours")
+        w.wait("added", tree / "outside")
+        assert w.stop() == 0
+        assert w.findings() == [("added", str(tree / "outside"))]
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
 def test_killed_worker_is_replaced_and_its_paths_hashed(
     tree: Path, manifest: Path, watcher: Callable[..., Watcher]
 ) -> None:

@@ -17,6 +17,7 @@ import sqlite3
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from multiprocessing.connection import Connection
 
 import structlog
@@ -82,6 +83,20 @@ def run(data: Connection, ctl: Connection, job: Job) -> None:
         ctl.send(Failed("CollectorDied", f"internal error in the collector: {e!r}", 19))
 
 
+def _unlisted(path: bytes, kind: str, message: str, old: FileState | None) -> Finding:
+    """The finding for a directory that could not be listed."""
+    return Finding("unreadable", path, old, failed(path, kind, message))
+
+
+def _messages(data: Connection) -> Iterator[object]:
+    """What main sends, unpickled, until it closes the pipe (or dies)."""
+    while True:
+        try:
+            yield pickle.loads(data.recv_bytes())
+        except (EOFError, OSError):
+            return
+
+
 class _Collector:
     def __init__(self, store: ManifestStore, job: Job) -> None:
         self.store = store
@@ -98,17 +113,14 @@ class _Collector:
 
     def receive(self, data: Connection) -> bool:
         """Consume reports until Finish; False if the main process vanished first."""
-        while True:
-            try:
-                msg = pickle.loads(data.recv_bytes())
-            except (EOFError, OSError):
-                return False
+        for msg in _messages(data):
             if isinstance(msg, Report):
                 self.report(msg)
             elif isinstance(msg, NewCycle):
                 self.store.start_cycle(msg.root, msg.ns)
             elif isinstance(msg, Finish):
                 return True
+        return False
 
     def report(self, r: Report) -> None:
         self.files += r.files
@@ -116,9 +128,7 @@ class _Collector:
         for f in r.findings:
             self.record(f)
         for path, kind, message in r.unreadable_dirs:
-            self.record(
-                Finding("unreadable", path, self.store.lookup(path), failed(path, kind, message))
-            )
+            self.record(_unlisted(path, kind, message, self.store.lookup(path)))
             self.unverified += self.store.count_below(path)
         if self.store.writable:
             if r.rows:
@@ -308,11 +318,8 @@ class _Live:
         self.reported.close()
 
     def receive(self, data: Connection, ctl: Connection) -> Summary | None:
-        while True:
-            try:
-                msg = pickle.loads(data.recv_bytes())
-            except (EOFError, OSError):
-                return None
+        """Consume reports until Finish; None if the main process vanished first."""
+        for msg in _messages(data):
             if isinstance(msg, Report):
                 self.report(msg)
             elif isinstance(msg, Ping):
@@ -321,6 +328,7 @@ class _Live:
                 self.job = msg  # reloaded: new roots, new output settings
             elif isinstance(msg, Finish):
                 return self.summary()
+        return None
 
     def report(self, r: Report) -> None:
         self.files += r.files
@@ -328,9 +336,7 @@ class _Live:
         for f in r.findings:
             self.finding(f)
         for path, kind, message in r.unreadable_dirs:
-            self.finding(
-                Finding("unreadable", path, self.reader.lookup(path), failed(path, kind, message))
-            )
+            self.finding(_unlisted(path, kind, message, self.reader.lookup(path)))
         for path in r.matched:
             self.matched(path)
 

@@ -168,6 +168,15 @@ def watcher(tmp_path: Path) -> Iterator[Callable[..., Watcher]]:
         w.close()
 
 
+def started(tree: Path, manifest: Path, watcher: Callable[..., Watcher], *args: object) -> Watcher:
+    """Baseline ``tree``, start the daemon on it, wait for READY and the catch-up scan."""
+    assert integrityd("init", "-m", manifest, tree).returncode == 0
+    w = watcher("-m", manifest, *args)
+    w.ready()
+    w.scanned()
+    return w
+
+
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -255,10 +264,7 @@ def test_many_writes_one_event_then_restored(
     tree: Path, manifest: Path, watcher: Callable[..., Watcher]
 ) -> None:
     """A file written in 1,000 small writes is hashed once; a same-state rewrite is not news."""
-    assert integrityd("init", "-m", manifest, tree).returncode == 0
-    w = watcher("-m", manifest)
-    w.ready()
-    w.scanned()
+    w = started(tree, manifest, watcher)
     target = tree / "a.txt"
     with open(target, "wb") as f:
         for i in range(1000):
@@ -287,10 +293,7 @@ def test_many_writes_one_event_then_restored(
 def test_chown_is_a_metadata_change(
     tree: Path, manifest: Path, watcher: Callable[..., Watcher]
 ) -> None:
-    assert integrityd("init", "-m", manifest, tree).returncode == 0
-    w = watcher("-m", manifest)
-    w.ready()
-    w.scanned()
+    w = started(tree, manifest, watcher)
     os.chown(tree / "a.txt", 4321, 4322)
     e = w.wait("metadata", tree / "a.txt")
     assert (e["changes"], e["file"]["uid"], e["file"]["gid"]) == (["uid", "gid"], "4321", "4322")
@@ -471,16 +474,19 @@ def test_one_filesystem_holds_for_events_too(
         subprocess.run(["umount", str(mnt)], check=True)
 
 
+def _busy(tree: Path, manifest: Path, watcher: Callable[..., Watcher]) -> tuple[Watcher, Path, int]:
+    """A daemon with one worker, caught hashing a new 2 GiB sparse file: (daemon, file, pid)."""
+    w = started(tree, manifest, watcher, "-j", "1")
+    big = sparse(tree / "big.img", 2 << 30)
+    pid = wait_for(lambda: holder_of(big, descendants(w.proc.pid)), 30, "a worker on big.img")
+    return w, big, int(pid)
+
+
 def test_killed_worker_is_replaced_and_its_paths_hashed(
     tree: Path, manifest: Path, watcher: Callable[..., Watcher]
 ) -> None:
     """SIGKILL a worker mid-hash: a new one takes its paths; the change is still reported."""
-    assert integrityd("init", "-m", manifest, tree).returncode == 0
-    w = watcher("-m", manifest, "-j", "1")
-    w.ready()
-    w.scanned()
-    big = sparse(tree / "big.img", 2 << 30)
-    pid = wait_for(lambda: holder_of(big, descendants(w.proc.pid)), 30, "a worker on big.img")
+    w, big, pid = _busy(tree, manifest, watcher)
     os.kill(pid, signal.SIGKILL)
     e = w.wait("added", big, timeout=60)
     assert e["file"]["size"] == 2 << 30
@@ -494,12 +500,7 @@ def test_collector_death_ends_the_daemon_with_an_error(
     tree: Path, manifest: Path, watcher: Callable[..., Watcher]
 ) -> None:
     """A dead collector ends the daemon non-zero (systemd restarts it), never half-alive."""
-    assert integrityd("init", "-m", manifest, tree).returncode == 0
-    w = watcher("-m", manifest, "-j", "1")
-    w.ready()
-    w.scanned()
-    big = sparse(tree / "big.img", 2 << 30)
-    worker = wait_for(lambda: holder_of(big, descendants(w.proc.pid)), 30, "a worker")
+    w, _, worker = _busy(tree, manifest, watcher)
     collector = next(p for p in descendants(w.proc.pid) if p != worker and holder_of(manifest, {p}))
     children = descendants(w.proc.pid)
     os.kill(collector, signal.SIGKILL)

@@ -215,6 +215,41 @@ def storm(d: Daemon, files: list[Path]) -> tuple[str, str]:
     )
 
 
+def creation_storm(d: Daemon, root: Path, files: int, dirs: int) -> tuple[str, str]:
+    """Like `tar x`: new directories full of new files, as fast as one writer can."""
+    while not d.events.empty():
+        d.events.get()
+    base = root / f"new-{RUN}"
+    missing: set[str] = set()
+    start = time.monotonic()
+    for i in range(files):
+        directory = base / f"d{i % dirs:04d}"
+        if i < dirs:
+            directory.mkdir(parents=True)
+            missing.add(str(directory))
+        path = directory / f"f{i:06d}"
+        path.write_bytes(b"new %d\n" % i)
+        missing.add(str(path))
+    missing.add(str(base))
+    written = time.monotonic() - start
+    peak = 0.0
+    while missing:
+        try:
+            _, e = d.event(timeout=120)
+        except queue.Empty:
+            break
+        missing.discard(e["file"]["path"])
+        if len(missing) % 5000 == 0:
+            peak = max(peak, rss_mib(d.proc.pid))
+    took = time.monotonic() - start
+    shutil.rmtree(base)
+    return (
+        f"written in {written:.1f} s, last event {took - written:.2f} s after the last "
+        f"write, lost {len(missing)}",
+        f"{peak:.1f} MiB",
+    )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=100_000)
@@ -258,21 +293,28 @@ def main() -> int:
         result, peak = storm(d, files)
         rows.append((f"storm: {len(files):,} files rewritten", result))
         rows.append(("RSS during the storm (max sampled)", peak))
+        result, peak = creation_storm(d, root, len(files), max(1, len(files) // 100))
+        rows.append((f"new: {len(files):,} files in {len(files) // 100:,} new dirs", result))
+        rows.append(("RSS while they were created (max sampled)", peak))
         rows.append(("peak RSS (VmHWM), all processes", f"{rss_mib(d.proc.pid, 'VmHWM'):.1f} MiB"))
         rows.append(("stop (SIGTERM to exit)", f"{d.stop():.2f} s, exit {d.proc.returncode}"))
         warned = sorted({str(w["event"]) for w in d.warnings}) or ["none"]
         rows.append(("warnings logged by the daemon", ", ".join(warned)))
-    (root / ".complete").unlink()  # the storm rewrote it: build afresh next time
+    # The storm leaves new contents behind; the next run baselines them afresh.
+    title = f"integrityd watch, {args.files:,} files in {args.dirs:,} dirs, {args.workers} workers"
+    table(title, rows)
+    return 0
 
+
+def table(title: str, rows: list[tuple[str, str]]) -> None:
+    """Print the results as Markdown, with the CPU they ran on."""
     cpu = Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].strip(": \t")
-    print(f"\nintegrityd watch, {args.files:,} files in {args.dirs:,} dirs, {args.workers} workers")
-    print(f"CPU: {cpu}\n")
+    print(f"\n{title}\nCPU: {cpu}\n")
     width = max(len(k) for k, _ in rows)
     print(f"| {'measure':<{width}} | result |")
     print(f"|{'-' * (width + 2)}|---|")
     for k, v in rows:
         print(f"| {k:<{width}} | {v} |")
-    return 0
 
 
 if __name__ == "__main__":

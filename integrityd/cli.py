@@ -256,7 +256,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"integrityd {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def audit_cmd(name: str, func: Callable[[argparse.Namespace], int], text: str) -> _Parser:
+    def audit_cmd(
+        name: str, func: Callable[[argparse.Namespace], int], text: str, progress: bool = True
+    ) -> _Parser:
         c: _Parser = sub.add_parser(name, help=text, description=text)
         c.add_argument("-c", "--config", help="YAML config file")
         c.add_argument("-m", "--manifest", help="manifest file (default: see README)")
@@ -264,7 +266,8 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument(
             "-j", "--workers", type=_positive, help="hash worker processes (default: CPUs)"
         )
-        c.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+        if progress:
+            c.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
         c.set_defaults(func=func)
         return c
 
@@ -294,6 +297,7 @@ def _parser() -> argparse.ArgumentParser:
         "watch",
         _cmd_watch,
         "watch the baselined roots and report each change as it happens (the daemon)",
+        progress=False,
     )
 
     exp = sub.add_parser(

@@ -130,11 +130,14 @@ class Daemon:
     def _logs(self) -> None:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
-            e = json.loads(line)
+            try:
+                e = json.loads(line)
+            except ValueError:
+                e = {"event": "not_json", "level": "error", "line": line}
             self.logs.put(e)
             if e.get("level") in ("warning", "error"):
                 self.warnings.append(e)
-                print(f"daemon: {line.strip()}", file=sys.stderr)
+                print(f"daemon: {line.rstrip()}", file=sys.stderr)
 
     def ready(self) -> None:
         """Wait for READY=1."""

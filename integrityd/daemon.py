@@ -31,7 +31,9 @@ import multiprocessing
 import os
 import pickle
 import signal
+import threading
 import time
+import warnings
 from collections import defaultdict
 from types import FrameType
 
@@ -140,6 +142,7 @@ class Daemon:
         self.status_at = 0.0
         self.watchdog_at = 0.0
         self.lock: int | None = None
+        self.thread_died = False  # set by threading.excepthook, from the dying thread
 
     # -- start and stop ------------------------------------------------------------------
 
@@ -151,6 +154,8 @@ class Daemon:
         lost = LostEvents(self._on_overflow, self._forward)
         watchdog_log.addHandler(lost)
         watchdog_log.propagate = False
+        hook, threading.excepthook = threading.excepthook, self._thread_failed
+        show, warnings.showwarning = warnings.showwarning, self._warning
         try:
             return self._run()
         finally:
@@ -167,6 +172,8 @@ class Daemon:
             self.notifier.close()
             for s, h in old.items():
                 signal.signal(s, h)
+            threading.excepthook = hook
+            warnings.showwarning = show
 
     def _run(self) -> int:
         scopes = self._resolve(self.cfg)
@@ -240,6 +247,41 @@ class Daemon:
     def _on_overflow(self) -> None:
         self.overflowed += 1
         self._wake()
+
+    def _thread_failed(self, args: threading.ExceptHookArgs) -> None:
+        """An exception that ends one of watchdog's threads: a log line, then a restart.
+
+        The loop notices the dead observer within STATUS_S and restarts it with a scan.
+        """
+        name = args.thread.name if args.thread is not None else "?"
+        # While stopping, watchdog's threads may trip over the watches being removed.
+        report = log.debug if self.stop_signal is not None else log.error
+        report(
+            "thread_failed",
+            message=f"the {name} thread stopped: {args.exc_type.__name__}: {args.exc_value}",
+            thread=name,
+        )
+        self.thread_died = True  # any of them: the one reading inotify is not an emitter
+        self._wake()
+
+    @staticmethod
+    def _warning(  # noqa: PLR0917 - the signature of warnings.showwarning
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: object = None,
+        line: str | None = None,
+    ) -> None:
+        """Python warnings (watchdog issues some on races it resolves itself) as JSON lines."""
+        del file, line
+        text = str(message)
+        log.debug(
+            "python_warning",
+            category=category.__name__,
+            message=text if len(text) < 300 else text[:300] + "...",
+            source=f"{filename}:{lineno}",
+        )
 
     @staticmethod
     def _forward(record: logging.LogRecord) -> None:
@@ -411,7 +453,8 @@ class Daemon:
             self.notifier.watchdog_s and now - self.status_at >= self.notifier.watchdog_s
         ):
             self.status_at = now
-            if not self._observer_alive():
+            if self.thread_died or not self._observer_alive():
+                self.thread_died = False
                 self._restart_observer()
             self._rewatch()
             assert self.handle is not None

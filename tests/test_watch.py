@@ -138,6 +138,7 @@ class Watcher:
         wait_for(lambda: not any(alive(p) for p in children), 5, "no process left")
         for t in self._threads[:2]:
             t.join(5)
+        assert [e for e in self.logs if e.get("event") == "not-json"] == [], "stderr: JSON only"
         return code
 
     def close(self) -> None:

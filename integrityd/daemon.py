@@ -66,6 +66,7 @@ log = structlog.get_logger()
 TICK_S = 1.0  # the loop wakes at least this often, for timers and the watchdog
 STATUS_S = 2.0  # STATUS= updates and collector pings
 DEGRADED_RESCAN_S = 600.0  # re-scan interval while some directories cannot be watched
+LOST_LOG_S = 10.0  # at most one events_lost warning (and scan request) this often
 BATCH = 64  # paths per FileTask in a flood; a single change goes alone, for latency
 
 
@@ -143,6 +144,7 @@ class Daemon:
         self.watchdog_at = 0.0
         self.lock: int | None = None
         self.thread_died = False  # set by threading.excepthook, from the dying thread
+        self.lost_logged_at = -LOST_LOG_S
 
     # -- start and stop ------------------------------------------------------------------
 
@@ -423,7 +425,8 @@ class Daemon:
         now = time.monotonic()
         if self.scan is not None and not self.pool.busy:
             self._scan_done(now)
-        if self.overflowed:
+        if self.overflowed and now - self.lost_logged_at >= LOST_LOG_S:
+            # In a flood the queue overflows again and again: one line per LOST_LOG_S.
             log.warning(
                 "events_lost",
                 message="the kernel's inotify queue overflowed and events were lost; "
@@ -432,6 +435,7 @@ class Daemon:
                 max_queued_events=queue_limit(),
             )
             self.overflowed = 0
+            self.lost_logged_at = now
             self._request_scan("events_lost", self.active)
         if over := self.changes.take_rescans():
             log.warning(

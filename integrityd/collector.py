@@ -383,7 +383,6 @@ class _Live:
             unverified=0,
             status=0,
         )
-        if self.job.json:
-            sys.stdout.write(json.dumps(summary_event(s)) + "\n")
-            sys.stdout.flush()
+        sys.stdout.write(json.dumps(summary_event(s)) + "\n" if self.job.json else summary_text(s))
+        sys.stdout.flush()
         return s

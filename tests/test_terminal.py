@@ -1,12 +1,17 @@
-"""On a terminal: a progress line on stderr, console-format diagnostics."""
+"""On a terminal: a progress line on stderr, console-format diagnostics, the daemon as text."""
 
 from __future__ import annotations
 
 import os
 import pty
+import re
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
+
+from .conftest import wait_for
 
 
 def run_on_tty(*args: object) -> tuple[int, str, str]:
@@ -63,3 +68,46 @@ def test_fatal_error_reads_as_one_human_line(tmp_path: Path) -> None:
     assert len(lines) == 1
     assert lines[0].startswith("integrityd: error: manifest ")
     assert "does not exist" in lines[0]
+
+
+def test_daemon_on_a_terminal_writes_text(tree: Path, manifest: Path) -> None:
+    """`watch` on a terminal: readable lines with a time, console diagnostics, no JSON."""
+    assert run_on_tty("init", "-m", manifest, tree)[0] == 0
+    master, slave = pty.openpty()
+    text = bytearray()
+
+    def read() -> None:
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # EIO: the daemon closed the terminal
+                return
+            if not data:
+                return
+            text.extend(data)
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "integrityd", "watch", "-m", str(manifest)],
+        stdout=slave,
+        stderr=slave,
+    )
+    os.close(slave)
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: b"integrityd: info: scan_finished" in text, what="the catch-up scan")
+        (tree / "new.txt").write_bytes(b"hello\n")
+        wait_for(lambda: b"added      " + os.fsencode(tree / "new.txt") in text, what="a text line")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join(5)
+        os.close(master)
+    lines = bytes(text).decode().splitlines()
+    added = next(line for line in lines if "added" in line and "new.txt" in line)
+    assert re.fullmatch(r"\d\d:\d\d:\d\d added      .*/new\.txt", added.strip())
+    assert not any(line.lstrip().startswith("{") for line in lines)
+    assert any(line.startswith("integrityd watch: ") for line in lines)  # the summary

@@ -290,6 +290,32 @@ def test_many_writes_one_event_then_restored(
     assert w.events[-1]["summary"]["restored"] == 2
 
 
+def test_accept_while_watching_moves_the_baseline(
+    tree: Path, manifest: Path, watcher: Callable[..., Watcher]
+) -> None:
+    """After `accept`, the daemon compares with the new baseline; accepted is not restored."""
+    w = started(tree, manifest, watcher)
+    target = tree / "a.txt"
+    target.write_bytes(b"beta\n")
+    w.wait("modified", target)
+    r = integrityd("accept", "-m", manifest, target)
+    assert r.returncode == 0, r.stderr
+    target.write_bytes(b"beta\n")  # as the new baseline: neither news nor a restore
+    (tree / "marker").write_bytes(b"")
+    w.wait("added", tree / "marker")
+    target.write_bytes(b"alpha\n")  # the old baseline is now a change
+    e = wait_for(
+        lambda: [x for x in w.events if x.get("file", {}).get("path") == str(target)][1:],
+        what="the second event for a.txt",
+    )[0]
+    assert (e["event"]["action"], e["baseline"]["hash"]["sha256"]) == ("modified", sha(b"beta\n"))
+    assert w.stop() == 0
+    actions = [
+        x["event"]["action"] for x in w.events if x.get("file", {}).get("path") == str(target)
+    ]
+    assert actions == ["modified", "modified"]
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
 def test_chown_is_a_metadata_change(
     tree: Path, manifest: Path, watcher: Callable[..., Watcher]

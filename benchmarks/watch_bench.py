@@ -156,6 +156,11 @@ class Daemon:
         """The next finding, with its arrival time."""
         return self.events.get(timeout=timeout)
 
+    def forget_events(self) -> None:
+        """Drop the events received so far (a phase starts with none pending)."""
+        while not self.events.empty():
+            self.events.get()
+
     def stop(self) -> float:
         """SIGTERM; return how long the daemon took to exit."""
         start = time.monotonic()
@@ -186,19 +191,11 @@ def latency(d: Daemon, files: list[Path], changes: int, seed: int) -> str:
     return f"p50 {pct(ms, 50):.1f} ms, p99 {pct(ms, 99):.1f} ms, max {max(ms):.1f} ms"
 
 
-def storm(d: Daemon, files: list[Path]) -> tuple[str, str]:
-    """Rewrite every file as fast as one writer can; wait for every event.
+def await_all(d: Daemon, missing: set[str]) -> float:
+    """Take events until every path in ``missing`` has one (or none came for 120 s).
 
-    The rate is the writer's when the daemon keeps up; the lag after the last write
-    says whether it did.
+    ``missing`` keeps what never came; the return value is the largest summed RSS seen.
     """
-    while not d.events.empty():
-        d.events.get()
-    missing = {str(p) for p in files}
-    start = time.monotonic()
-    for p in files:
-        p.write_bytes(b"storm %d\n" % RUN)
-    written = time.monotonic() - start
     peak = 0.0
     while missing:
         try:
@@ -208,6 +205,22 @@ def storm(d: Daemon, files: list[Path]) -> tuple[str, str]:
         missing.discard(e["file"]["path"])
         if len(missing) % 5000 == 0:
             peak = max(peak, rss_mib(d.proc.pid))
+    return peak
+
+
+def storm(d: Daemon, files: list[Path]) -> tuple[str, str]:
+    """Rewrite every file as fast as one writer can; wait for every event.
+
+    The rate is the writer's when the daemon keeps up; the lag after the last write
+    says whether it did.
+    """
+    d.forget_events()
+    missing = {str(p) for p in files}
+    start = time.monotonic()
+    for p in files:
+        p.write_bytes(b"storm %d\n" % RUN)
+    written = time.monotonic() - start
+    peak = await_all(d, missing)
     took = time.monotonic() - start
     lost = len(missing)
     rate = len(files) / took
@@ -220,8 +233,7 @@ def storm(d: Daemon, files: list[Path]) -> tuple[str, str]:
 
 def creation_storm(d: Daemon, root: Path, files: int, dirs: int) -> tuple[str, str]:
     """Like `tar x`: new directories full of new files, as fast as one writer can."""
-    while not d.events.empty():
-        d.events.get()
+    d.forget_events()
     base = root / f"new-{RUN}"
     missing: set[str] = set()
     start = time.monotonic()
@@ -235,15 +247,7 @@ def creation_storm(d: Daemon, root: Path, files: int, dirs: int) -> tuple[str, s
         missing.add(str(path))
     missing.add(str(base))
     written = time.monotonic() - start
-    peak = 0.0
-    while missing:
-        try:
-            _, e = d.event(timeout=120)
-        except queue.Empty:
-            break
-        missing.discard(e["file"]["path"])
-        if len(missing) % 5000 == 0:
-            peak = max(peak, rss_mib(d.proc.pid))
+    peak = await_all(d, missing)
     took = time.monotonic() - start
     shutil.rmtree(base)
     return (

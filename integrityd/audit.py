@@ -44,12 +44,9 @@ from integrityd.events import (
 )
 from integrityd.manifest import ManifestStore
 from integrityd.pipeline import CollectorHandle, WorkerPool
+from integrityd.walk import covers
 
 VERIFY_BATCH = 256  # files per verify task
-
-
-def _covers(root: bytes, path: bytes) -> bool:
-    return path == root or path.startswith(root.rstrip(b"/") + b"/")
 
 
 def _stored_roots(manifest: bytes, command: Command) -> tuple[list[RootConfig], dict[bytes, int]]:
@@ -93,7 +90,7 @@ def resolve_scopes(
     scopes: list[Scope] = []
     if paths:
         for p in paths:
-            root = next((r for r in known if _covers(r.path, p)), None)
+            root = next((r for r in known if covers(r.path, p)), None)
             if root is None:
                 if command != "init":
                     msg = f"{os.fsdecode(p)} has no baseline in {name}; run 'integrityd init' first"
@@ -102,7 +99,7 @@ def resolve_scopes(
             scopes.append(Scope(root, p))
     elif cfg.roots:
         for r in cfg.roots:
-            if command != "init" and not any(_covers(s.path, r.path) for s in stored):
+            if command != "init" and not any(covers(s.path, r.path) for s in stored):
                 msg = f"root {os.fsdecode(r.path)} from the config has no baseline in {name}"
                 raise ManifestError(f"{msg}; run 'integrityd init' first")
             scopes.append(Scope(r, r.path))
@@ -123,7 +120,7 @@ def _distinct(
     """Drop scopes nested in others (they would be scanned twice); check that each exists."""
     starts = [s.start for s in scopes]
     unique = {
-        s.start: s for s in scopes if not any(o != s.start and _covers(o, s.start) for o in starts)
+        s.start: s for s in scopes if not any(o != s.start and covers(o, s.start) for o in starts)
     }
     for s in unique.values():
         if not os.path.lexists(s.start):

@@ -310,7 +310,6 @@ class _Live:
         self.counts: Counter[str] = Counter()
         self.files = 0
         self.bytes = 0
-        self.changing = 0
         self.started = time.monotonic()
 
     def close(self) -> None:
@@ -344,7 +343,6 @@ class _Live:
         if f.new is not None and f.new.error_type == "changing":
             # Written while we read it: that write raised an event of its own, which
             # brings the file back once it settles. Reporting it now would be noise.
-            self.changing += 1
             return
         key = _key(f)
         state = _digest(key)

@@ -48,6 +48,7 @@ from integrityd.events import DirTask, FileTask, Job, LiveStats, Ping, Scope, Ta
 from integrityd.manifest import journal_files
 from integrityd.notify import Notifier
 from integrityd.pipeline import CollectorHandle, WorkerPool
+from integrityd.walk import covers
 from integrityd.watch import (
     EVENT_FILTER,
     FILE,
@@ -96,10 +97,6 @@ def _take_lock(manifest: bytes) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
-
-
-def _covers(root: bytes, path: bytes) -> bool:
-    return path == root or path.startswith(root.rstrip(b"/") + b"/")
 
 
 @dataclasses.dataclass
@@ -411,7 +408,7 @@ class Daemon:
             root = self.job.scopes[i].root.path
             if kind == FILE:
                 files[i].append(path)
-            elif _covers(root, path):
+            elif covers(root, path):
                 self.pool.submit(DirTask(path, i, recursive=kind == TREE))
             else:
                 files[i].append(root)  # folded from the root's own entry into its parent

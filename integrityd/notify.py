@@ -33,7 +33,6 @@ class Notifier:
         # Ping at half the timeout, as sd_watchdog_enabled(3) advises.
         self.watchdog_s: float | None = int(usec) / 2e6 if usec.isdigit() and mine else None
         self._warned = False
-        self.dropped = 0  # messages the manager's full queue could not take
 
     def send(self, **fields: object) -> None:
         """One message: ``send(READY=1, STATUS="watching")``."""
@@ -45,7 +44,7 @@ class Notifier:
             # the loop that does the work. A dropped STATUS is replaced two seconds later.
             self._sock.sendto(data, socket.MSG_DONTWAIT, self._address)
         except BlockingIOError:
-            self.dropped += 1
+            pass
         except OSError as e:
             if not self._warned:  # a vanished manager is worth one line, not one per ping
                 log.warning("notify_failed", message=f"cannot reach NOTIFY_SOCKET: {e.strerror}")

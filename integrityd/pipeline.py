@@ -64,7 +64,6 @@ class WorkerPool:
         self._args = args
         self._deliver = deliver
         self._on_lost = on_lost
-        self._guard = list(guard)
         self._workers: list[_Worker] = []
         self._pending: list[tuple[Task, int]] = []
         # Per scope, the most tasks in flight at once (a root on a spinning disk: 1).
@@ -74,7 +73,7 @@ class WorkerPool:
         # One epoll set for the whole run: multiprocessing.connection.wait() would build
         # and fill a new one on every call, which at 16 workers limits the dispatch rate.
         self._selector = selectors.DefaultSelector()
-        for g in self._guard:
+        for g in guard:
             self._selector.register(g, selectors.EVENT_READ, on_guard)
         self._restarts_left = 2 * count + 4
         self.restarts = 0

@@ -18,6 +18,11 @@ def _describe(e: OSError) -> str:
     return f"{type(e).__name__}: {e.strerror or e}"
 
 
+def covers(root: bytes, path: bytes) -> bool:
+    """True if ``path`` is ``root`` or lies below it."""
+    return path == root or path.startswith(root.rstrip(b"/") + b"/")
+
+
 def relative(root: bytes, path: bytes) -> bytes:
     """``path`` relative to ``root``, without a leading slash; root itself is ``b""``."""
     return path[len(root.rstrip(b"/")) + 1 :]

@@ -42,7 +42,7 @@ from watchdog.events import (
 
 from integrityd.events import Scope
 from integrityd.exclude import Excluder
-from integrityd.walk import relative
+from integrityd.walk import covers, relative
 
 Kind = Literal["f", "d", "t"]
 FILE: Kind = "f"
@@ -214,7 +214,7 @@ class Routes:
         if path in self._skip:
             return None
         for root, scope, excluder in self._roots:
-            if path == root or path.startswith(root.rstrip(b"/") + b"/"):
+            if covers(root, path):
                 if excluder and excluder.excludes(relative(root, path), is_dir):
                     return None
                 return scope
@@ -227,11 +227,9 @@ class Handler(FileSystemEventHandler):
     def __init__(self, changes: Changes, routes: Routes) -> None:
         self.changes = changes
         self.routes = routes  # replaced whole on reload; reading one attribute is atomic
-        self.events = 0
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         """Route every event; see the module docstring for what each one schedules."""
-        self.events += 1
         src = os.fsencode(event.src_path)
         kind = event.event_type
         if kind == "moved":

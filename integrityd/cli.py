@@ -1,9 +1,10 @@
 """Command line: ``main(argv) -> exit code``; the only place that maps errors to codes.
 
 Start-up time matters for a command people run by hand and scripts run often: the
-command line is parsed with light imports only, then the process server that forks the
-workers is started, and the heavy modules (structlog, SQLite, YAML) are imported here
-while that server imports them in parallel.
+command line is parsed with light imports only. For ``watch``, the process server that
+forks the daemon's workers is started then, and the heavy modules (structlog, SQLite,
+YAML) are imported here while that server imports them in parallel. The audit commands
+fork their workers from this process (see ``audit.run``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from integrityd.events import Command, FileState
 
 FORKSERVER_PRELOAD = ["integrityd.collector", "integrityd.scan"]
-"""Imported once by the process server, so that each forked worker starts ready."""
+"""Imported once by the daemon's process server, so that each forked worker starts ready."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -351,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
         args = _parser().parse_args(argv)
-        if args.func in (_cmd_init, _cmd_check, _cmd_accept, _cmd_verify, _cmd_watch):
+        if args.func is _cmd_watch:
             _start_forkserver()
         from integrityd import logsetup  # noqa: PLC0415 - see the module docstring
         from integrityd.config import LogConfig  # noqa: PLC0415

@@ -18,8 +18,9 @@ import selectors
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from multiprocessing import util
 from multiprocessing.connection import Connection
-from multiprocessing.context import ForkServerContext
+from multiprocessing.context import ForkContext, ForkServerContext
 from multiprocessing.process import BaseProcess
 from typing import Any, Self
 
@@ -30,6 +31,8 @@ from integrityd.errors import CollectorDied, IntegritydError, WorkerDied
 from integrityd.events import Failed, Finish, LiveStats, Ready, Summary, Task
 
 log = structlog.get_logger()
+
+Context = ForkContext | ForkServerContext
 
 INFLIGHT = 4  # tasks queued per worker, so that none waits for the main process
 STOP_TIMEOUT_S = 5.0
@@ -47,7 +50,7 @@ class WorkerPool:
 
     def __init__(
         self,
-        ctx: ForkServerContext,
+        ctx: Context,
         *,
         count: int,
         target: Callable[..., None],
@@ -94,6 +97,7 @@ class WorkerPool:
 
     def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe(duplex=True)
+        parent_only(parent)
         proc = self._ctx.Process(target=self._target, args=(child, *self._args), name="hasher")
         proc.start()
         child.close()  # so that the worker's death reads as EOF here
@@ -270,9 +274,10 @@ class WorkerPool:
 class CollectorHandle:
     """The main process's side of the collector: a data pipe in, a control pipe back."""
 
-    def __init__(self, ctx: ForkServerContext, target: Callable[..., None], job: object) -> None:
+    def __init__(self, ctx: Context, target: Callable[..., None], job: object) -> None:
         self._data, data_child = ctx.Pipe(duplex=False)[::-1]
         ctl_parent, ctl_child = ctx.Pipe(duplex=False)
+        parent_only(self._data)
         self._ctl = ctl_parent
         self._proc = ctx.Process(target=target, args=(data_child, ctl_child, job), name="collector")
         self._proc.start()
@@ -333,6 +338,17 @@ class CollectorHandle:
             self._proc.kill()
             self._proc.join()
         self._ctl.close()
+
+
+def parent_only(conn: Connection) -> None:
+    """Close ``conn`` in every process forked from here on.
+
+    With the fork start method a child inherits every descriptor main holds. A worker
+    holding a copy of another's pipe end (or of the collector's input) would keep it
+    open after main dies, and the EOF that tells a worker or the collector to give up
+    would never come.
+    """
+    util.register_after_fork(conn, Connection.close)
 
 
 def _rebuild(msg: Failed) -> IntegritydError:

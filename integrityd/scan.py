@@ -235,6 +235,7 @@ def worker_main(
 ) -> None:
     """Hash worker process: take tasks until the None sentinel or until main is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process owns shutdown
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked child inherits main's handler
     logsetup.configure(job.log)
     if idle:
         _be_idle()

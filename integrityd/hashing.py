@@ -86,28 +86,38 @@ class Hasher:
     @overload
     def state(self, path: bytes, hint: str) -> FileState: ...
     @overload
-    def state(self, path: bytes, hint: str, defer_above: int) -> FileState | None: ...
+    def state(
+        self, path: bytes, hint: str, defer_above: int, at: tuple[int, bytes] | None = None
+    ) -> FileState | None: ...
 
-    def state(self, path: bytes, hint: str, defer_above: int | None = None) -> FileState | None:
+    def state(
+        self,
+        path: bytes,
+        hint: str,
+        defer_above: int | None = None,
+        at: tuple[int, bytes] | None = None,
+    ) -> FileState | None:
         """Describe ``path`` now; never raises for problems with the file itself.
 
         With ``defer_above``, a regular file larger than that is not read: None is
-        returned so that the caller can hand it to a task of its own.
+        returned so that the caller can hand it to a task of its own. ``at`` is
+        (directory fd, name): the file is opened relative to its open directory.
         """
+        dir_fd, name = at if at is not None else (None, path)
         if hint != HINT_FILE:
-            return self._lstat(path)
+            return self._lstat(path, name, dir_fd)
         try:
-            fd = os.open(path, self._flags)
+            fd = os.open(name, self._flags, dir_fd=dir_fd)
         except OSError as e:
             if not (self._flags & _NOATIME and e.errno in (errno.EPERM, errno.EINVAL)):
-                return self._open_failed(path, e)
+                return self._open_failed(path, e, name, dir_fd)
             if e.errno == errno.EINVAL:
                 self._flags = _OPEN_FLAGS  # this kernel or filesystem has no O_NOATIME
             # Otherwise O_NOATIME needs file ownership (or CAP_FOWNER): read without it.
             try:
-                fd = os.open(path, _OPEN_FLAGS)
+                fd = os.open(name, _OPEN_FLAGS, dir_fd=dir_fd)
             except OSError as e2:
-                return self._open_failed(path, e2)
+                return self._open_failed(path, e2, name, dir_fd)
         try:
             return self._read(fd, path, defer_above)
         except OSError as e:
@@ -115,11 +125,11 @@ class Hasher:
         finally:
             os.close(fd)
 
-    def _open_failed(self, path: bytes, e: OSError) -> FileState:
+    def _open_failed(self, path: bytes, e: OSError, name: bytes, dir_fd: int | None) -> FileState:
         if e.errno == errno.ENOENT:
             return missing(path)
         if e.errno == errno.ELOOP:  # became a symlink since the listing
-            return self._lstat(path)
+            return self._lstat(path, name, dir_fd)
         return failed(path, _error_type(e), _describe(e))
 
     def _pace(self, nbytes: int) -> None:
@@ -129,10 +139,10 @@ class Hasher:
             time.sleep(self._next - now)
         self._next = max(self._next, now) + nbytes / (self._rate or 1)
 
-    def _lstat(self, path: bytes) -> FileState:
+    def _lstat(self, path: bytes, name: bytes, dir_fd: int | None) -> FileState:
         try:
-            st = os.lstat(path)
-            target = os.readlink(path) if stat.S_ISLNK(st.st_mode) else None
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            target = os.readlink(name, dir_fd=dir_fd) if stat.S_ISLNK(st.st_mode) else None
         except FileNotFoundError:
             return missing(path)
         except OSError as e:

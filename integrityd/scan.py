@@ -32,7 +32,7 @@ from integrityd.events import (
 from integrityd.exclude import Excluder
 from integrityd.hashing import Hasher, failed
 from integrityd.manifest import BaselineReader, split
-from integrityd.walk import list_dir, relative
+from integrityd.walk import Listing, list_dir, relative
 
 log = structlog.get_logger()
 
@@ -117,6 +117,13 @@ class Scanner:
             kind = "permission" if listing.error.startswith("PermissionError") else "os"
             found.unreadable_dirs.append((task.path, kind, listing.error))
             return []
+        try:
+            return self._entries(task, listing, found)
+        finally:
+            if listing.fd is not None:
+                os.close(listing.fd)
+
+    def _entries(self, task: DirTask, listing: Listing, found: _Found) -> list[Task]:
         spawned: list[Task] = (
             [DirTask(d, task.scope) for d in listing.subdirs] if task.recursive else []
         )
@@ -131,7 +138,8 @@ class Scanner:
                     deferred.append(path)  # compared by whichever worker hashes it
                     baseline.pop(name, None)
                     continue
-            state = self.hasher.state(path, hint, defer_above=LARGE_FILE)
+            at = (listing.fd, name) if listing.fd is not None else None
+            state = self.hasher.state(path, hint, LARGE_FILE, at)
             if state is None:
                 spawned.append(FileTask((path,), task.scope))
                 baseline.pop(name, None)

@@ -7,11 +7,14 @@ finds become new tasks. Listing stays on the root's filesystem unless the root s
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass, field
 
 from integrityd.events import HINT_FILE, HINT_OTHER
 from integrityd.exclude import Excluder
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 def _describe(e: OSError) -> str:
@@ -35,6 +38,7 @@ class Listing:
     entries: list[tuple[bytes, bytes, str]] = field(default_factory=list)  # (name, path, hint)
     subdirs: list[bytes] = field(default_factory=list)
     error: str | None = None
+    fd: int | None = None  # the directory, open: the caller reads its entries relative to it
 
 
 def list_dir(
@@ -46,15 +50,28 @@ def list_dir(
 ) -> Listing:
     """List ``directory`` using only the entry types getdents returns (no stat per file).
 
-    ``device`` is the root's st_dev when the walk must stay on one filesystem.
-    A directory that vanished lists as empty, so its baseline entries read as removed.
+    The directory stays open (``Listing.fd``; the caller closes it) so that its entries
+    are opened relative to it: the kernel resolves one name instead of the whole path
+    (3 of 12 µs per small file on the development VM), and a path component swapped for
+    a symlink mid-walk cannot lead the walk elsewhere. ``device`` is the root's st_dev
+    when the walk must stay on one filesystem. A directory that vanished, or became a
+    symlink, lists as empty, so its baseline entries read as removed.
     """
-    out = Listing()
+    try:
+        fd = os.open(directory, _DIR_FLAGS)
+    except (FileNotFoundError, NotADirectoryError):
+        return Listing()
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return Listing()
+        return Listing(error=_describe(e))
+    out = Listing(fd=fd)
     prefix = directory.rstrip(b"/") + b"/"
     try:
-        with os.scandir(directory) as entries:
+        with os.scandir(fd) as entries:
             for entry in entries:
-                path = prefix + entry.name
+                name = os.fsencode(entry.name)
+                path = prefix + name
                 if path in skip:
                     continue
                 try:
@@ -64,17 +81,19 @@ def list_dir(
                     is_dir = is_file = False  # the worker's lstat will say what it is
                 if excluder and excluder.matches(relative(root, path), is_dir):
                     continue
-                out.entries.append((entry.name, path, HINT_FILE if is_file else HINT_OTHER))
+                out.entries.append((name, path, HINT_FILE if is_file else HINT_OTHER))
                 if is_dir and (device is None or _device(entry) == device):
                     out.subdirs.append(path)
-    except FileNotFoundError:
-        return Listing()
     except OSError as e:
+        os.close(fd)
         return Listing(error=_describe(e))
+    except BaseException:
+        os.close(fd)
+        raise
     return out
 
 
-def _device(entry: os.DirEntry[bytes]) -> int | None:
+def _device(entry: os.DirEntry[str]) -> int | None:
     try:
         return entry.stat(follow_symlinks=False).st_dev
     except OSError:

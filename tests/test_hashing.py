@@ -12,7 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from integrityd.events import HINT_FILE, HINT_OTHER
+from integrityd.exclude import Excluder
 from integrityd.hashing import Hasher
+from integrityd.walk import list_dir
 
 CHUNK = 4096
 
@@ -76,3 +78,36 @@ def test_unreadable_file_becomes_data(tmp_path: Path) -> None:
     d.write_text("x")
     s = Hasher(CHUNK).state(os.fsencode(d / "child"), HINT_FILE)
     assert (s.error_type, s.error) == ("os", "NotADirectoryError: Not a directory")
+
+
+def test_entries_are_read_in_the_directory_that_was_listed(tmp_path: Path) -> None:
+    """A directory swapped after its listing (renamed, a symlink put there) changes nothing.
+
+    Entries are opened relative to the directory that was listed.
+    """
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "f").write_bytes(b"listed")
+    (tree / "ln").symlink_to("f")
+    listing = list_dir(os.fsencode(tree), os.fsencode(tmp_path), Excluder([]), frozenset(), None)
+    assert listing.fd is not None
+    try:
+        tree.rename(tmp_path / "moved")
+        (tmp_path / "elsewhere").mkdir()
+        (tmp_path / "elsewhere" / "f").write_bytes(b"swapped in")
+        tree.symlink_to("elsewhere")
+        h = Hasher(CHUNK)
+        states = {
+            name: h.state(path, hint, 1 << 20, (listing.fd, name))
+            for name, path, hint in listing.entries
+        }
+    finally:
+        os.close(listing.fd)
+    assert states[b"f"] is not None
+    assert states[b"f"].path == os.fsencode(tree / "f")
+    assert states[b"f"].sha256 == hashlib.sha256(b"listed").digest()
+    assert states[b"ln"] is not None
+    assert (states[b"ln"].type, states[b"ln"].target) == ("symlink", b"f")
+    # The path is now a symlink to a directory: listed as empty, never followed.
+    again = list_dir(os.fsencode(tree), os.fsencode(tmp_path), Excluder([]), frozenset(), None)
+    assert (again.entries, again.subdirs, again.error, again.fd) == ([], [], None, None)

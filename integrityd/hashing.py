@@ -51,6 +51,15 @@ def from_stat(
     )
 
 
+def _regular(path: bytes, st: os.stat_result, sha256: bytes) -> FileState:
+    """``from_stat`` for a regular file just hashed: the per-file hot path, kept lean."""
+    return tuple.__new__(  # NamedTuple's own __new__ is slower
+        FileState,
+        (path, "file", st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
+         st.st_mode & 0o7777, st.st_uid, st.st_gid, sha256, None, None, None),
+    )  # fmt: skip
+
+
 def missing(path: bytes) -> FileState:
     """The file vanished between the walk and the hashing: it is simply not there."""
     return FileState(path, "missing", 0, 0, 0, 0, 0, 0, 0, None, None)
@@ -78,6 +87,7 @@ class Hasher:
 
     def __init__(self, chunk_size: int, max_rate: float | None = None) -> None:
         self._buf = bytearray(chunk_size)
+        self._bufs = (self._buf,)
         self._view = memoryview(self._buf)
         self._flags = _OPEN_FLAGS | _NOATIME
         self._rate = max_rate  # bytes/s for this worker, or None
@@ -155,6 +165,18 @@ class Hasher:
             return from_stat(path, before)  # swapped for a special file since the walk
         if defer_above is not None and before.st_size > defer_above:
             return None
+        if before.st_size < len(self._buf) and not self._rate:
+            # Most files fit in one read: no loop, no incremental hash object.
+            n = os.readv(fd, self._bufs)
+            if n == before.st_size:
+                after = os.fstat(fd)
+                if (
+                    after.st_size == n
+                    and after.st_mtime_ns == before.st_mtime_ns
+                    and after.st_ctime_ns == before.st_ctime_ns
+                ):
+                    return _regular(path, after, hashlib.sha256(self._view[:n]).digest())
+            os.lseek(fd, 0, os.SEEK_SET)  # it changed: the careful way below
         for attempt in range(2):
             if attempt:
                 os.lseek(fd, 0, os.SEEK_SET)
@@ -165,7 +187,7 @@ class Hasher:
                 and after.st_mtime_ns == before.st_mtime_ns
                 and after.st_ctime_ns == before.st_ctime_ns
             ):
-                return from_stat(path, after, sha256=digest)
+                return _regular(path, after, digest)
             before = after
         return failed(path, "changing", "file changed while it was being read (twice)")
 

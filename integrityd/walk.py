@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 from dataclasses import dataclass, field
 
 from integrityd.events import HINT_FILE, HINT_OTHER
 from integrityd.exclude import Excluder
 
+_FS_ENCODING = sys.getfilesystemencoding()
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
@@ -70,7 +72,7 @@ def list_dir(
     try:
         with os.scandir(fd) as entries:
             for entry in entries:
-                name = os.fsencode(entry.name)
+                name = entry.name.encode(_FS_ENCODING, "surrogateescape")  # as os.fsencode
                 path = prefix + name
                 if path in skip:
                     continue

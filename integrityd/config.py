@@ -86,8 +86,8 @@ class Config:
     manifest: bytes | None = None
     roots: tuple[RootConfig, ...] = ()
     workers: int = 0
-    # Small enough that the buffer stays in a core's L2 cache between the copy out of the
-    # page cache and the hashing: 1 MiB was 25-40% slower on large files (2-core VM).
+    # As fast as 1 MiB with the page-aligned buffer (64 KiB was slower), at a quarter of
+    # the memory per worker: benchmarks/README.md.
     chunk_size: int = 256 << 10
     report: Literal["text", "json"] = "text"
     log: LogConfig = field(default_factory=LogConfig)

@@ -154,6 +154,7 @@ class Scanner:
 
     def _files(self, task: FileTask, found: _Found) -> list[Task]:
         elsewhere: dict[bytes, bool] = {}
+        baseline = self.baseline.lookup_many(task.paths)
         for path in task.paths:
             parent = os.path.dirname(path)
             if path != self.job.scopes[task.scope].start:
@@ -162,7 +163,7 @@ class Scanner:
                 if elsewhere[parent]:
                     continue
             state = self.hasher.state(path, HINT_FILE)
-            old = self.baseline.lookup(path)
+            old = baseline.get(path)
             if state.type != "missing":
                 self._compare(found, task.scope, state, old[1:11] if old else None)
             elif old is not None:

@@ -72,11 +72,17 @@ def test_verify_classifies_corruption_and_backdating(files37: Path, manifest: Pa
     old = files37 / "b" / "f02"
     old.write_text("an older copy\n")
     os.utime(old, ns=(1_000_000_000, 1_000_000_000))
+    gone = files37 / "b" / "f04"
+    gone.unlink()  # one batch spans both directories; each file meets its own baseline
     r = integrityd("verify", "-m", manifest, "--json")
-    assert r.returncode == ExitCode.CHANGED, r.stderr
-    assert sorted(findings(r)) == [("backdated", str(old)), ("corrupted", str(rot))]
+    assert r.returncode == ExitCode.CHANGED | ExitCode.REMOVED, r.stderr
+    assert sorted(findings(r)) == [
+        ("backdated", str(old)),
+        ("corrupted", str(rot)),
+        ("removed", str(gone)),
+    ]
     s = summary(r)
-    assert (s["files"], s["coverage"], s["corrupted"], s["backdated"]) == (37, 1.0, 1, 1)
+    assert (s["files"], s["corrupted"], s["backdated"], s["removed"]) == (36, 1, 1, 1)
 
 
 def test_interrupted_verify_resumes(tmp_path: Path, manifest: Path) -> None:

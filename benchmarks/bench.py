@@ -5,7 +5,8 @@ Builds seeded corpora, runs every tool on the same corpus in the same run (a war
 round, then --runs rounds in which each tool runs once, with the tree in the page
 cache), and prints a table of medians, files/s, MB/s, summed peak RSS, and ratios to
 the best peer and to the SHA-256 limit (cores x one-core hashlib speed). Tools that
-are not installed are skipped. Usage: python benchmarks/bench.py [--corpus small,mixed,large] [--runs 3]
+are not installed are skipped.
+Usage: python benchmarks/bench.py [--corpus small,mixed,large] [--runs 3]
 """
 
 from __future__ import annotations

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import pickle
 import signal
 import stat
 import threading
@@ -144,7 +143,7 @@ def run(job: Job, cfg: Config, budget: Budget | None = None) -> Summary:
     handle = CollectorHandle(ctx, collector.run, job)
 
     def lost(task: Task, reason: str) -> None:
-        handle.send_bytes(pickle.dumps(scan.lost_report(task, reason)))
+        handle.send(scan.lost_report(task, reason))
 
     workers = cfg.worker_count()
     rate = job.max_rate / workers if job.max_rate else None

@@ -29,7 +29,6 @@ import logging
 import math
 import multiprocessing
 import os
-import pickle
 import signal
 import threading
 import time
@@ -486,7 +485,7 @@ class Daemon:
 
     def _lost(self, task: Task, reason: str) -> None:
         assert self.handle is not None
-        self.handle.send_bytes(pickle.dumps(scan.lost_report(task, reason)))
+        self.handle.send(scan.lost_report(task, reason))
 
     # -- scans ---------------------------------------------------------------------------
 

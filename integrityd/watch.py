@@ -295,20 +295,18 @@ def watch_count() -> int:
 
 def watch_limit() -> int | None:
     """The lowest inotify watch limit that applies (system-wide, and this user namespace's)."""
-    limits = []
-    for path in ("/proc/sys/fs/inotify/max_user_watches", "/proc/sys/user/max_inotify_watches"):
-        try:
-            with open(path) as f:
-                limits.append(int(f.read()))
-        except (OSError, ValueError):
-            continue
-    return min(limits) if limits else None
+    paths = ("/proc/sys/fs/inotify/max_user_watches", "/proc/sys/user/max_inotify_watches")
+    return min((n for n in map(_proc_int, paths) if n is not None), default=None)
 
 
 def queue_limit() -> int | None:
     """How many events the kernel queues per inotify instance before it drops them."""
+    return _proc_int("/proc/sys/fs/inotify/max_queued_events")
+
+
+def _proc_int(path: str) -> int | None:
     try:
-        with open("/proc/sys/fs/inotify/max_queued_events") as f:
+        with open(path) as f:
             return int(f.read())
     except (OSError, ValueError):
         return None

@@ -62,7 +62,12 @@ def _manifest(args: argparse.Namespace, cfg: Config) -> bytes:
 def _load(args: argparse.Namespace) -> Config:
     from integrityd import config, logsetup  # noqa: PLC0415 - see the module docstring
 
-    cfg = config.load(args.config) if args.config else config.Config()
+    if args.config:
+        from integrityd import configfile  # noqa: PLC0415 - PyYAML only when there is YAML
+
+        cfg = configfile.load(args.config)
+    else:
+        cfg = config.Config()
     if getattr(args, "workers", None):
         cfg = dataclasses.replace(cfg, workers=args.workers)
     logsetup.configure(cfg.log)
@@ -222,9 +227,9 @@ def _named(entries: Iterator[FileState], base: bytes | None) -> Iterator[tuple[b
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
-    from integrityd import config  # noqa: PLC0415 - see the module docstring
+    from integrityd import configfile  # noqa: PLC0415 - see the module docstring
 
-    cfg = config.load(args.file)
+    cfg = configfile.load(args.file)
     roots = ", ".join(os.fsdecode(r.path) for r in cfg.roots) or "none"
     print(f"{args.file}: ok (roots: {roots})")
     return 0

@@ -40,7 +40,7 @@ import structlog
 from watchdog.observers.api import ObservedWatch
 from watchdog.observers.inotify import InotifyObserver
 
-from integrityd import audit, collector, config, scan
+from integrityd import audit, collector, config, configfile, scan
 from integrityd.config import Config
 from integrityd.errors import IntegritydError, ManifestLocked, RootError
 from integrityd.events import DirTask, FileTask, Job, LiveStats, Ping, Scope, Task
@@ -530,7 +530,7 @@ class Daemon:
         assert self.job is not None and self.pool is not None and self.handle is not None
         self.notifier.reloading()
         try:
-            cfg = config.load(self.config_path) if self.config_path else config.Config()
+            cfg = configfile.load(self.config_path) if self.config_path else config.Config()
             scopes = self._resolve(cfg)
         except IntegritydError as e:
             log.error(

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from integrityd.config import DEFAULT_CHECK, Config, LogConfig, RootConfig, WatchConfig, load
+from integrityd.config import DEFAULT_CHECK, Config, LogConfig, RootConfig, WatchConfig
+from integrityd.configfile import load
 from integrityd.errors import ConfigError
 
 from .conftest import integrityd

@@ -2,8 +2,9 @@
 
 Start-up time matters for a command people run by hand and scripts run often: the
 command line is parsed with light imports only. For ``watch``, the process server that
-forks the daemon's workers is started then, and the heavy modules (structlog, SQLite,
-YAML) are imported here while that server imports them in parallel. The audit commands
+forks the daemon's workers is started then, and the heavy modules (SQLite, YAML) are
+imported here while that server imports them in parallel; structlog is imported when
+the first message is logged (see ``logsetup``). The audit commands
 fork their workers from this process (see ``audit.run``).
 """
 
@@ -396,11 +397,6 @@ def entry() -> NoReturn:
 
 
 def _log() -> Any:  # noqa: ANN401 - a structlog logger
-    import structlog  # noqa: PLC0415 - see the module docstring
+    from integrityd import logsetup  # noqa: PLC0415 - see the module docstring
 
-    from integrityd import logsetup  # noqa: PLC0415
-    from integrityd.config import LogConfig  # noqa: PLC0415
-
-    if not structlog.is_configured():
-        logsetup.configure(LogConfig())
-    return structlog.get_logger()
+    return logsetup.get_logger()

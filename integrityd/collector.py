@@ -20,8 +20,6 @@ from collections import Counter
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
 
-import structlog
-
 from integrityd import logsetup
 from integrityd.errors import IntegritydError
 from integrityd.events import (
@@ -48,7 +46,7 @@ from integrityd.report import (
     text_lines,
 )
 
-log = structlog.get_logger()
+log = logsetup.get_logger()
 
 
 _MODES: dict[str, Mode] = {"init": "create", "accept": "write", "check": "read", "verify": "write"}

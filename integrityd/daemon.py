@@ -36,11 +36,10 @@ import warnings
 from collections import defaultdict
 from types import FrameType
 
-import structlog
 from watchdog.observers.api import ObservedWatch
 from watchdog.observers.inotify import InotifyObserver
 
-from integrityd import audit, collector, config, configfile, scan
+from integrityd import audit, collector, config, configfile, logsetup, scan
 from integrityd.config import Config
 from integrityd.errors import IntegritydError, ManifestLocked, RootError
 from integrityd.events import DirTask, FileTask, Job, LiveStats, Ping, Scope, Task
@@ -61,7 +60,7 @@ from integrityd.watch import (
     watch_limit,
 )
 
-log = structlog.get_logger()
+log = logsetup.get_logger()
 
 TICK_S = 1.0  # the loop wakes at least this often, for timers and the watchdog
 STATUS_S = 2.0  # STATUS= updates and collector pings

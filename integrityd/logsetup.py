@@ -2,16 +2,19 @@
 
 Child processes inherit no structlog configuration, so each runs this at start.
 Findings are not logged here: they are the program's output and go to stdout.
+
+structlog is imported when the first message is logged, not at start: its package
+imports its stdlib integration, which imports asyncio and ssl, about 50 ms on every
+run, and a clean audit logs nothing at all. Modules therefore take their logger from
+``get_logger()`` here, and ``configure`` records the settings until structlog is
+there to receive them.
 """
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
-
-import structlog
 
 from integrityd.config import LogConfig
 
@@ -26,9 +29,34 @@ def _console(_logger: object, _name: str, event: MutableMapping[str, Any]) -> st
     return f"integrityd: {level}: {text}" + (f" ({extra})" if extra else "")
 
 
+class _Settings:
+    """The settings of this process's last ``configure``, and whether structlog has them.
+
+    Process-wide, like structlog's own configuration, which it stands in for until then.
+    """
+
+    def __init__(self) -> None:
+        self.config = LogConfig()
+        self.stream: TextIO | None = None
+        self.applied = False
+
+
+_SETTINGS = _Settings()
+
+
 def configure(cfg: LogConfig, stream: TextIO | None = None) -> None:
     """Send log lines to ``stream`` (stderr) as JSON, or as console text on a terminal."""
-    out = stream if stream is not None else sys.stderr
+    _SETTINGS.config, _SETTINGS.stream, _SETTINGS.applied = cfg, stream, False
+    if "structlog" in sys.modules:  # already paid for: apply now, as before
+        _apply()
+
+
+def _apply() -> None:
+    import logging  # noqa: PLC0415 - structlog imports it anyway
+
+    import structlog  # noqa: PLC0415 - see the module docstring
+
+    cfg, out = _SETTINGS.config, _SETTINGS.stream or sys.stderr
     fmt = cfg.format
     if fmt == "auto":
         fmt = "console" if out.isatty() else "json"
@@ -47,3 +75,36 @@ def configure(cfg: LogConfig, stream: TextIO | None = None) -> None:
         logger_factory=structlog.WriteLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
+    _SETTINGS.applied = True
+
+
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "exception": 40, "critical": 50}
+
+
+def _discard(*_args: object, **_kwargs: object) -> None:
+    pass
+
+
+class _Logger:
+    """Stands for a structlog logger; structlog is imported on the first call through it."""
+
+    __slots__ = ("_real",)
+
+    def __init__(self) -> None:
+        self._real: Any = None
+
+    def __getattr__(self, name: str) -> Any:  # noqa: ANN401 - structlog's bound methods
+        if _LEVELS.get(name, 100) < _LEVELS[_SETTINGS.config.level]:
+            return _discard  # filtered out, as structlog would, without importing it
+        if not _SETTINGS.applied:
+            _apply()
+        if self._real is None:
+            import structlog  # noqa: PLC0415 - see the module docstring
+
+            self._real = structlog.get_logger()  # a proxy: later configure calls still count
+        return getattr(self._real, name)
+
+
+def get_logger() -> Any:  # noqa: ANN401 - a structlog logger
+    """A logger for a module's diagnostics (``log.warning("event", message=...)``)."""
+    return _Logger()

@@ -11,9 +11,9 @@ import socket
 import time
 from collections.abc import Mapping
 
-import structlog
+from integrityd import logsetup
 
-log = structlog.get_logger()
+log = logsetup.get_logger()
 
 
 class Notifier:

@@ -24,13 +24,11 @@ from multiprocessing.context import ForkContext, ForkServerContext
 from multiprocessing.process import BaseProcess
 from typing import Any, Self
 
-import structlog
-
-from integrityd import errors
+from integrityd import errors, logsetup
 from integrityd.errors import CollectorDied, IntegritydError, WorkerDied
 from integrityd.events import Failed, Finish, LiveStats, Ready, Summary, Task
 
-log = structlog.get_logger()
+log = logsetup.get_logger()
 
 Context = ForkContext | ForkServerContext
 

@@ -15,8 +15,6 @@ import pickle
 import signal
 from multiprocessing.connection import Connection
 
-import structlog
-
 from integrityd import logsetup
 from integrityd.compare import classify
 from integrityd.events import (
@@ -34,7 +32,7 @@ from integrityd.hashing import Hasher, failed
 from integrityd.manifest import BaselineReader, split
 from integrityd.walk import Listing, list_dir, relative
 
-log = structlog.get_logger()
+log = logsetup.get_logger()
 
 LARGE_FILE = 16 << 20  # hashed as a task of its own, so large files spread over workers
 HUGE_DIR = 2048  # a directory with more files than this is hashed by several workers

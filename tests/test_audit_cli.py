@@ -35,6 +35,23 @@ def test_clean_check_exits_zero(tree: Path, manifest: Path) -> None:
     assert (s["files"], s["exit_code"]) == (7, 0)  # 4 files, 3 directories (root included)
 
 
+def test_log_level_filters_diagnostics(tmp_path: Path, tree: Path, manifest: Path) -> None:
+    """Info (the default) keeps a clean check silent on stderr; debug logs each worker start.
+
+    Loggers import structlog on the first message that passes the level, so both sides
+    of that filter are checked here.
+    """
+    init(manifest, tree)
+    quiet = check(manifest, "-j", "2")
+    assert (quiet.returncode, quiet.stderr) == (0, "")
+    config = tmp_path / "debug.yaml"
+    config.write_text("log: {format: json, level: debug}\n")
+    loud = check(manifest, "-c", config, "-j", "2")
+    assert loud.returncode == 0, loud.stderr
+    started = [e for e in log_lines(loud) if e["event"] == "worker_started"]
+    assert [(e["level"], type(e["pid"])) for e in started] == [("debug", int)] * 2
+
+
 def test_manifest_digests_match_sha256sum(tree: Path, manifest: Path) -> None:
     """The baseline's digests are exactly what sha256sum and hashlib compute."""
     init(manifest, tree)

@@ -17,7 +17,6 @@ import json
 import os
 import sqlite3
 import time
-import urllib.parse
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from typing import Any, Literal, Self
@@ -322,11 +321,23 @@ class ManifestStore:
             yield data
 
 
+_URI_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789/._-")
+
+
+def _percent_encoded(path: bytes) -> str:
+    """``path`` for a SQLite URI, every byte but a few safe ones as %HH.
+
+    SQLite turns each %HH back into that byte, so a name that is not UTF-8 opens the
+    same file (urllib's ``quote`` takes text, and fails on such a name).
+    """
+    return "".join(chr(b) if b in _URI_SAFE else f"%{b:02X}" for b in path)
+
+
 class BaselineReader:
     """Read-only access to the committed baseline, for the hash workers."""
 
     def __init__(self, path: bytes, snapshot: bool = True) -> None:
-        uri = "file:" + urllib.parse.quote(os.fsdecode(path)) + "?mode=ro"
+        uri = "file:" + _percent_encoded(path) + "?mode=ro"
         try:
             self._conn = sqlite3.connect(
                 uri, uri=True, timeout=LOCK_TIMEOUT_S, isolation_level=None

@@ -207,6 +207,17 @@ def test_odd_names_are_escaped_reversibly(tree: Path, manifest: Path) -> None:
     assert check(manifest).returncode == 0
 
 
+def test_manifest_name_need_not_be_utf8(tmp_path: Path, tree: Path) -> None:
+    """Workers open the manifest by URI: a name that is not UTF-8, with ``%?#``, still works."""
+    manifest = Path(os.fsdecode(os.fsencode(tmp_path) + b"/m\xff%3f?#.db"))
+    init(manifest, tree)
+    (tree / "sub" / "c.txt").write_text("changed\n")
+    r = check(manifest)
+    assert r.returncode == ExitCode.CHANGED, r.stderr
+    assert findings(r) == [("modified", str(tree / "sub" / "c.txt"))]
+    assert sorted(os.listdir(os.fsencode(tmp_path))) == [b"m\xff%3f?#.db", b"tree"]
+
+
 def test_unreadable_file_sets_incomplete(tree: Path, manifest: Path) -> None:
     """A file this user cannot read is an 'unreadable' finding with bit 8, in init and check."""
     secret = tree / "secret"

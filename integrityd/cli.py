@@ -15,12 +15,9 @@ import contextlib
 import dataclasses
 import itertools
 import json
-import multiprocessing
-import multiprocessing.forkserver
 import os
 import signal
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -106,6 +103,8 @@ def _audit(command: Command, args: argparse.Namespace, budget: Budget | None = N
 
 def _save_atomic(path: str, data: bytes) -> None:
     """Temp file in the same directory, fsync, rename over, fsync the directory."""
+    import tempfile  # noqa: PLC0415 - it imports shutil, bz2, lzma and random: ~4 ms
+
     directory = os.path.dirname(os.path.abspath(path))
     tmp = None
     try:
@@ -347,6 +346,8 @@ def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
 
 
 def _start_forkserver() -> None:
+    import multiprocessing.forkserver  # noqa: PLC0415 - only the daemon uses it
+
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
     multiprocessing.forkserver.ensure_running()

@@ -9,7 +9,6 @@ removed; if it was a directory, so is everything below it.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import pickle
 import signal
@@ -225,6 +224,8 @@ def _be_idle() -> None:
     """Lowest CPU priority and the idle I/O class: read only when the disk has nothing else."""
     os.nice(19)
     number = _IOPRIO_SET.get(os.uname().machine)
+    import ctypes  # noqa: PLC0415 - only for --idle
+
     libc = ctypes.CDLL(None, use_errno=True)
     if number is None or libc.syscall(number, 1, 0, _IOPRIO_IDLE) != 0:  # IOPRIO_WHO_PROCESS, self
         log.warning("idle_io_unavailable", message="could not set the idle I/O class")

@@ -64,6 +64,7 @@ class Scanner:
     def __init__(self, job: Job, chunk_size: int, max_rate: float | None = None) -> None:
         self.job = job
         self.writes = job.command in ("init", "accept")
+        self.initialises = job.command == "init"
         self.verifies = job.command == "verify"
         self.watches = job.command == "watch"
         self.hasher = Hasher(chunk_size, max_rate)
@@ -191,6 +192,10 @@ class Scanner:
             if self.watches:
                 found.matched.append(state.path)
             return  # the common case: exactly as in the baseline
+        if self.initialises and state.error_type is None:
+            # init reports only what it cannot read: classifying the rest would be thrown away
+            found.rows.append((*(key or split(state.path)), *state[1:11]))
+            return
         old = FileState(state.path, *recorded) if recorded is not None else None  # type: ignore[arg-type]
         finding = classify(old, state, self.attrs[scope])
         if finding is None and self.watches:

@@ -4,8 +4,8 @@ Start-up time matters for a command people run by hand and scripts run often: th
 command line is parsed with light imports only. For ``watch``, the process server that
 forks the daemon's workers is started then, and the heavy modules (SQLite, YAML) are
 imported here while that server imports them in parallel; structlog is imported when
-the first message is logged (see ``logsetup``). The audit commands
-fork their workers from this process (see ``audit.run``).
+the first message is logged (see ``logsetup``). The audit commands fork their workers
+from this process (see ``audit.run``), and ``entry`` skips the interpreter's teardown.
 """
 
 from __future__ import annotations

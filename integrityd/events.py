@@ -156,5 +156,5 @@ class Report(NamedTuple):
     rows: list[tuple[object, ...]]  # manifest rows to write (init, accept)
     deletes: list[bytes]  # paths to drop from the baseline, with everything below them
     unreadable_dirs: list[tuple[bytes, str, str]]  # (directory, error type, message)
-    verified: list[bytes]  # verify: paths read and compared, for their verified_ns
+    verified: list[tuple[bytes, bytes]]  # verify: (parent, name) read and compared
     matched: list[bytes]  # watch: paths found as in the baseline (or absent from both)

@@ -204,12 +204,24 @@ class ManifestStore:
         except sqlite3.Error as e:
             raise _sqlite_error(self.path, e) from e
 
-    def mark_verified(self, paths: list[bytes]) -> None:
-        """Record that these entries were read and compared now."""
-        self._conn.executemany(
-            f"UPDATE files SET verified_ns = {time.time_ns()} WHERE parent = ? AND name = ?",
-            (split(p) for p in paths),
-        )
+    def mark_verified(self, entries: list[tuple[bytes, bytes]]) -> None:
+        """Record that these (parent, name) entries were read and compared now.
+
+        One statement per directory: verify's batches come sorted by directory, and a
+        statement per entry cost the collector about twice as much.
+        """
+        by_parent: dict[bytes, list[bytes]] = {}
+        for parent, name in entries:
+            by_parent.setdefault(parent, []).append(name)
+        now = time.time_ns()
+        for parent, names in by_parent.items():
+            for i in range(0, len(names), _IN_LIMIT):
+                chunk = names[i : i + _IN_LIMIT]
+                self._conn.execute(
+                    f"UPDATE files SET verified_ns = {now} "
+                    f"WHERE parent = ? AND name IN ({', '.join('?' * len(chunk))})",
+                    (parent, *chunk),
+                )
 
     def by_verification_age(
         self, start: bytes, before: int | None = None

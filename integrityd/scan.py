@@ -48,7 +48,7 @@ class _Found:
         self.rows: list[tuple[object, ...]] = []
         self.deletes: list[bytes] = []
         self.unreadable_dirs: list[tuple[bytes, str, str]] = []
-        self.verified: list[bytes] = []
+        self.verified: list[tuple[bytes, bytes]] = []
         self.matched: list[bytes] = []
 
     def report(self) -> Report:
@@ -154,7 +154,7 @@ class Scanner:
         elsewhere: dict[bytes, bool] = {}
         baseline = self.baseline.lookup_many(task.paths)
         for path in task.paths:
-            parent = os.path.dirname(path)
+            parent, name = split(path)
             if path != self.job.scopes[task.scope].start:
                 if parent not in elsewhere:
                     elsewhere[parent] = self._elsewhere(task.scope, parent)
@@ -163,7 +163,7 @@ class Scanner:
             state = self.hasher.state(path, HINT_FILE)
             old = baseline.get(path)
             if state.type != "missing":
-                self._compare(found, task.scope, state, old[1:11] if old else None)
+                self._compare(found, task.scope, state, old[1:11] if old else None, (parent, name))
             elif old is not None:
                 self._removed(found, task.scope, old)
             elif self.watches:
@@ -187,7 +187,7 @@ class Scanner:
         if state.type == "file":
             found.bytes += state.size
         if self.verifies and state.error_type is None:
-            found.verified.append(state.path)
+            found.verified.append(key or split(state.path))
         if recorded is not None and state.error_type is None and recorded == state[1:11]:
             if self.watches:
                 found.matched.append(state.path)

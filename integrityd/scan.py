@@ -176,25 +176,26 @@ class Scanner:
         scope: int,
         state: FileState,
         recorded: tuple[object, ...] | None,
-        key: tuple[bytes, bytes] | None = None,
+        key: tuple[bytes, bytes],
     ) -> None:
         """Compare with the ``recorded`` (type, size, ..., target) fields of the baseline.
 
-        ``key`` is the entry's (parent, name) where the caller has it: splitting the path
-        again costs a microsecond, and one parent object for a directory's rows pickles once.
+        ``key`` is the entry's (parent, name), as the caller already has it: splitting the
+        path again costs a microsecond, and one parent object for a directory's rows
+        pickles once.
         """
         found.files += 1
         if state.type == "file":
             found.bytes += state.size
         if self.verifies and state.error_type is None:
-            found.verified.append(key or split(state.path))
+            found.verified.append(key)
         if recorded is not None and state.error_type is None and recorded == state[1:11]:
             if self.watches:
                 found.matched.append(state.path)
             return  # the common case: exactly as in the baseline
         if self.initialises and state.error_type is None:
             # init reports only what it cannot read: classifying the rest would be thrown away
-            found.rows.append((*(key or split(state.path)), *state[1:11]))
+            found.rows.append((*key, *state[1:11]))
             return
         old = FileState(state.path, *recorded) if recorded is not None else None  # type: ignore[arg-type]
         finding = classify(old, state, self.attrs[scope])
@@ -203,7 +204,7 @@ class Scanner:
         if finding is not None and (finding.action == "unreadable" or self.job.command != "init"):
             found.findings.append(finding)
         if self.writes and state.error_type is None:
-            found.rows.append((*(key or split(state.path)), *state[1:11]))
+            found.rows.append((*key, *state[1:11]))
 
     def _removed(self, found: _Found, scope: int, old: FileState) -> None:
         root = self.job.scopes[scope].root.path

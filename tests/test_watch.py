@@ -179,6 +179,12 @@ def started(tree: Path, manifest: Path, watcher: Callable[..., Watcher], *args: 
     return w
 
 
+def state_of(e: Event) -> tuple[str | None, str | None]:
+    """(path, content digest) an event reports; None where it has none."""
+    f = e.get("file", {})
+    return f.get("path"), f.get("hash", {}).get("sha256")
+
+
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -397,12 +403,8 @@ def test_storm_of_thousands_loses_nothing(
     for i in range(200):  # 200 rewrites: each state the daemon sees is new, the last counts
         a.write_bytes(b"%d" % i)
 
-    def seen() -> set[tuple[str, str | None]]:
-        return {
-            (e["file"]["path"], e["file"].get("hash", {}).get("sha256"))
-            for e in list(w.events)
-            if e.get("event", {}).get("action") == "added"
-        }
+    def seen() -> set[tuple[str | None, str | None]]:
+        return {state_of(e) for e in list(w.events) if e.get("event", {}).get("action") == "added"}
 
     wait_for(lambda: set(digests.items()) <= seen(), 60, "every file with its content")
     (tree / "marker").write_bytes(b"")
@@ -412,11 +414,7 @@ def test_storm_of_thousands_loses_nothing(
     assert {action for action, _ in found} == {"added"}
     # A scan may catch a file between its creation and its write (a state of its own),
     # but no state is reported twice.
-    states = [
-        (e["file"]["path"], e["file"].get("hash", {}).get("sha256"))
-        for e in w.events
-        if e.get("file", {}).get("path") in digests
-    ]
+    states = [state_of(e) for e in w.events if state_of(e)[0] in digests]
     assert len(states) == len(set(states))
     rewrites = [e for e in w.events if e.get("file", {}).get("path") == str(a)]
     assert {e["event"]["action"] for e in rewrites} == {"modified"}
@@ -681,11 +679,7 @@ def test_watch_limit_is_detected_and_covered_by_scans(
     want = sha(b"found by a scan")
 
     def found(path: Path) -> bool:  # a scan may first catch it empty, before the write
-        return any(
-            e.get("file", {}).get("path") == str(path)
-            and e["file"].get("hash", {}).get("sha256") == want
-            for e in list(w.events)
-        )
+        return any(state_of(e) == (str(path), want) for e in list(w.events))
 
     for d in dirs:
         wait_for(functools.partial(found, d / "new.txt"), 30, f"{d}/new.txt with its content")

@@ -2,17 +2,17 @@
 
 Data flow, and the order of shutdown::
 
-    main: stack of tasks ──(pipe per worker)──> worker xN: list dir, hash, compare
+    main: stack of tasks ──(pipe per worker)──> worker xN: list dirs, hash, compare
          ^                                          │   (read-only baseline reader)
-         └──── spawned tasks (subdirs, big files) ──┤
+         └── tasks handed back (dirs, big files) ───┤
                                                     v  reports: differences only,
                          collector process <────────┘  forwarded as raw bytes
                             └──> manifest (the only writer) + report on stdout
 
 The collector starts first and takes the manifest (and, for writers, its lock) before any
 file is read, so a locked or damaged manifest fails in a second, not after an hour of
-hashing. Walking is spread over the workers: each directory is a task, and the
-directories it holds become new tasks. On success: when no task is left, stop the
+hashing. Walking is spread over the workers: a task walks a subtree for about 10 ms,
+then hands back the directories it did not get to as new tasks. On success: when no task is left, stop the
 workers with a sentinel each, then tell the collector to finish; it commits and writes
 the report. On any error or signal: kill the workers and close the collector's input,
 which makes it roll back and exit.
@@ -165,7 +165,7 @@ def run(job: Job, cfg: Config, budget: Budget | None = None) -> Summary:
                 for i, scope in enumerate(job.scopes):
                     pool.submit(FileTask((scope.start,), i))  # the start itself: file or dir
                     if stat.S_ISDIR(os.lstat(scope.start).st_mode):
-                        pool.submit(DirTask(scope.start, i))
+                        pool.submit(DirTask((scope.start,), i))
                 pool.run()
         _ignore_signals()  # past this point the collector commits: let it finish
         return handle.finish()

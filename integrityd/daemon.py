@@ -407,7 +407,7 @@ class Daemon:
             if kind == FILE:
                 files[i].append(path)
             elif covers(root, path):
-                self.pool.submit(DirTask(path, i, recursive=kind == TREE))
+                self.pool.submit(DirTask((path,), i, recursive=kind == TREE))
             else:
                 files[i].append(root)  # folded from the root's own entry into its parent
         for i, paths in files.items():
@@ -498,19 +498,19 @@ class Daemon:
         if not scopes:
             return
         self.last_scan = time.monotonic()
-        self.scan = _Scan(reason, self.last_scan, self.pool.done["DirTask"])
+        self.scan = _Scan(reason, self.last_scan, self.pool.walked)
         roots = []
         for i in sorted(scopes):
             start = self.job.scopes[i].start
             roots.append(os.fsdecode(start))
             self.pool.submit(FileTask((start,), i))
             if os.path.isdir(start):
-                self.pool.submit(DirTask(start, i))
+                self.pool.submit(DirTask((start,), i))
         log.info("scan_started", reason=reason, roots=roots)
 
     def _scan_done(self, now: float) -> None:
         assert self.scan is not None and self.pool is not None
-        dirs = self.pool.done["DirTask"] - self.scan.dirs_before
+        dirs = self.pool.walked - self.scan.dirs_before
         log.info(
             "scan_finished",
             reason=self.scan.reason,

@@ -64,11 +64,11 @@ class Job:
 
 @dataclass(frozen=True, slots=True)
 class DirTask:
-    """List one directory, hash what it holds and compare it with the baseline."""
+    """List these directories, hash what they hold and compare it with the baseline."""
 
-    path: bytes
+    paths: tuple[bytes, ...]
     scope: int  # index into Job.scopes
-    recursive: bool = True  # False: the directory's own entries only (the daemon's re-checks)
+    recursive: bool = True  # False: the directories' own entries only (the daemon's re-checks)
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,8 +4,8 @@ Each worker has a pipe of its own to the main process instead of a shared queue:
 worker killed while it holds a shared queue's lock (SIGKILL, the OOM killer) would leave
 that queue unusable for every other worker. Main keeps a stack of tasks (depth first,
 so it stays small), sends at most ``INFLIGHT`` to each worker, pushes the tasks each one
-spawns (subdirectories, large files) back onto the stack, and forwards each report to
-the collector as bytes, without unpickling it. When a worker dies, the tasks it held go
+hands back (subdirectories it left, large files) onto the stack, and forwards each report
+to the collector as bytes, without unpickling it. When a worker dies, the tasks it held go
 to its replacement once; a task that kills a worker twice is handed to ``on_lost``, so
 its files are reported as unverifiable rather than silently skipped.
 """
@@ -78,8 +78,7 @@ class WorkerPool:
             self._selector.register(g, selectors.EVENT_READ, on_guard)
         self._restarts_left = 2 * count + 4
         self.restarts = 0
-        # Finished tasks by kind: DirTask (a directory walked), DirList (one re-listed), FileTask.
-        self.done: Counter[str] = Counter()
+        self.walked = 0  # directories listed by recursive DirTasks (the daemon's watch count)
 
     def __enter__(self) -> Self:
         return self.start()
@@ -211,10 +210,10 @@ class WorkerPool:
                 self._replace(worker)
 
     def _receive(self, worker: _Worker) -> None:
-        spawned, report = worker.conn.recv()
+        spawned, walked, report = worker.conn.recv()
         done, _ = worker.inflight.pop(0)
         self._running[done.scope] -= 1
-        self.done[type(done).__name__ if getattr(done, "recursive", True) else "DirList"] += 1
+        self.walked += walked
         for task in spawned:
             self._push(task, 0)
         self._deliver(report)

@@ -122,6 +122,33 @@ def test_each_kind_and_exit_bit(tree: Path, manifest: Path) -> None:
     )
 
 
+def test_many_small_directories(tmp_path: Path, manifest: Path) -> None:
+    """400 directories of two files, walked several to a task: each change is found once."""
+    root = tmp_path / "many"
+    for i in range(20):
+        for j in range(20):
+            d = root / f"d{i:02}" / f"e{j:02}"
+            d.mkdir(parents=True)
+            (d / "f0").write_bytes(b"%d/%d" % (i, j))
+            (d / "f1").write_bytes(b"")
+    init(manifest, root)
+    (root / "d03" / "e07" / "f0").write_bytes(b"edited")
+    (root / "d11" / "e02" / "f1").unlink()
+    (root / "d19" / "e19" / "new").write_bytes(b"")
+    shutil.rmtree(root / "d07" / "e05")
+    r = check(manifest)
+    assert r.returncode == ExitCode.ADDED | ExitCode.REMOVED | ExitCode.CHANGED, r.stderr
+    assert sorted(findings(r)) == [
+        ("added", f"{root}/d19/e19/new"),
+        ("modified", f"{root}/d03/e07/f0"),
+        ("removed", f"{root}/d07/e05"),
+        ("removed", f"{root}/d07/e05/f0"),
+        ("removed", f"{root}/d07/e05/f1"),
+        ("removed", f"{root}/d11/e02/f1"),
+    ]
+    assert summary(r)["files"] == 1 + 20 + 400 + 800 - 1 - 3 + 1  # root, dirs, files; changes
+
+
 def test_single_bits(tree: Path, manifest: Path) -> None:
     """Each kind alone sets only its own bit."""
     init(manifest, tree)

@@ -26,7 +26,7 @@ STATE = FileState(b"/r/\xff", "file", 1, 2, 3, 4, 0o644, 5, 6, b"\x00" * 32, Non
 MESSAGES = [
     STATE,
     [STATE, STATE._replace(error_type="io", error="EIO")],
-    DirTask(b"/r/d", 0),
+    DirTask((b"/r/d", b"/r/e"), 0),
     FileTask((b"/r/a", b"/r/\xfe"), 1),
     Report(
         2,
@@ -35,7 +35,7 @@ MESSAGES = [
         [(b"/r", b"a", "file")],
         [b"/r/x"],
         [(b"/r/d", "permission", "PermissionError: denied")],
-        [b"/r/a"],
+        [(b"/r", b"a")],
         [b"/r/b"],
     ),
     Finish(),

@@ -218,6 +218,7 @@ def test_catch_up_then_every_kind_of_change_in_real_time(
     e = w.wait("modified", tree / "a.txt")
     assert e["file"]["hash"]["sha256"] == sha(b"changed while the daemon was stopped\n")
     w.scanned()
+    assert w.log("scan_finished")["directories"] == 3  # to be held against the watch count
 
     (tree / "sub" / "c.txt").write_bytes(b"new content\n")
     (tree / "new.txt").write_bytes(b"created\n")

@@ -1,0 +1,90 @@
+"""A hash worker's tasks on a real tree: however a walk is cut into tasks, it covers it once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from integrityd.config import RootConfig
+from integrityd.events import DirTask, Job, Report, Scope, Task
+from integrityd.manifest import journal_files
+from integrityd.scan import Scanner
+
+from .conftest import integrityd
+
+DIRS = 31  # the root, 5 directories in it and 5 in each of those
+ROWS = (DIRS - 1) * 3 + 1  # a row for each directory but the root, two files in each, "top"
+
+
+@pytest.fixture
+def many_dirs(tmp_path: Path) -> Path:
+    """Small directories two levels deep, each with two files; one file in the root."""
+    root = tmp_path / "many"
+    for i in range(5):
+        for j in range(-1, 5):
+            d = root / f"d{i}" / f"e{j}" if j >= 0 else root / f"d{i}"
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "f0").write_bytes(b"%d/%d" % (i, j))
+            (d / "f1").write_bytes(b"")
+    (root / "top").write_bytes(b"top")
+    return root
+
+
+def walk(root: Path, manifest: Path, **budget: float) -> tuple[list[Report], list[int]]:
+    """Run an ``init`` scan of ``root`` task by task, as the workers would.
+
+    Returns each task's report and the number of directories it walked; asserts that a
+    task hands directories back only once its budget is spent.
+    """
+    start = os.fsencode(root)
+    job = Job(
+        command="init",
+        manifest=os.fsencode(manifest),
+        scopes=(Scope(RootConfig(path=start), start),),
+        skip=journal_files(os.fsencode(manifest)),
+        json=True,
+        progress=False,
+    )
+    scanner = Scanner(job, 1 << 16, **budget)  # type: ignore[arg-type]
+    todo: list[Task] = [DirTask((start,), 0)]
+    reports, walked = [], []
+    try:
+        while todo:
+            spawned, report, n = scanner.run(todo.pop())
+            if any(isinstance(t, DirTask) for t in spawned):
+                assert report.files >= budget["budget_entries"] or budget["budget_s"] < 1
+            todo.extend(spawned)
+            reports.append(report)
+            walked.append(n)
+    finally:
+        scanner.close()
+    return reports, walked
+
+
+def rows(reports: list[Report]) -> list[tuple[object, ...]]:
+    return sorted(row for r in reports for row in r.rows)
+
+
+def test_tasks_go_on_into_subdirectories_within_their_budget(
+    many_dirs: Path, tmp_path: Path
+) -> None:
+    """One task per directory, one for the whole tree, or cut by entries: the same rows."""
+    manifest = tmp_path / "m.db"  # with no baseline for the tree: every entry is a row
+    (tmp_path / "empty").mkdir()
+    assert integrityd("init", "-m", manifest, tmp_path / "empty").returncode == 0
+
+    single, walked = walk(many_dirs, manifest, budget_s=0, budget_entries=1)
+    assert walked == [1] * DIRS
+    whole, walked = walk(many_dirs, manifest, budget_s=3600, budget_entries=10**9)
+    assert walked == [DIRS]
+    by_entries, walked = walk(many_dirs, manifest, budget_s=3600, budget_entries=9)
+    assert sum(walked) == DIRS
+    assert 1 < len(by_entries) < DIRS
+
+    want = rows(single)
+    assert len(want) == ROWS
+    assert len({(r[0], r[1]) for r in want}) == len(want)  # no entry twice
+    assert rows(whole) == want
+    assert rows(by_entries) == want

@@ -41,7 +41,7 @@ class Corpus:
 
     def sizes(self, rng: random.Random) -> list[int]:
         """File sizes for this corpus, drawn from ``rng``."""
-        if self.name == "small":
+        if self.name in ("small", "dirs"):
             return [min(int(rng.expovariate(1 / 4096)), 16 << 10) for _ in range(self.files)]
         if self.name == "mixed":  # log-normal, mean ~107 KB, ~2 GiB in all
             return [min(int(rng.lognormvariate(10.46, 1.5)), 64 << 20) for _ in range(self.files)]
@@ -50,6 +50,7 @@ class Corpus:
 
 CORPORA = {
     "small": Corpus("small", 100_000, 2_000, "100,000 files of 0-16 KiB in 2,000 dirs"),
+    "dirs": Corpus("dirs", 40_000, 20_000, "40,000 files of 0-16 KiB, two to a directory"),
     "mixed": Corpus("mixed", 20_000, 400, "20,000 files, log-normal sizes, ~2 GiB"),
     "large": Corpus("large", 8, 1, "8 files of 512 MiB"),
     "large32": Corpus("large32", 32, 1, "32 files of 128 MiB (enough to keep 16 cores busy)"),

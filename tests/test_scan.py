@@ -32,7 +32,9 @@ def many_dirs(tmp_path: Path) -> Path:
     return root
 
 
-def walk(root: Path, manifest: Path, **budget: float) -> tuple[list[Report], list[int]]:
+def walk(
+    root: Path, manifest: Path, budget_s: float, budget_entries: int
+) -> tuple[list[Report], list[int]]:
     """Run an ``init`` scan of ``root`` task by task, as the workers would.
 
     Returns each task's report and the number of directories it walked; asserts that a
@@ -47,14 +49,14 @@ def walk(root: Path, manifest: Path, **budget: float) -> tuple[list[Report], lis
         json=True,
         progress=False,
     )
-    scanner = Scanner(job, 1 << 16, **budget)  # type: ignore[arg-type]
+    scanner = Scanner(job, 1 << 16, budget_s=budget_s, budget_entries=budget_entries)
     todo: list[Task] = [DirTask((start,), 0)]
     reports, walked = [], []
     try:
         while todo:
             spawned, report, n = scanner.run(todo.pop())
             if any(isinstance(t, DirTask) for t in spawned):
-                assert report.files >= budget["budget_entries"] or budget["budget_s"] < 1
+                assert report.files >= budget_entries or budget_s < 1
             todo.extend(spawned)
             reports.append(report)
             walked.append(n)

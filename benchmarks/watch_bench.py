@@ -7,6 +7,8 @@ READY=1 and the catch-up scan, then measure
 
 * memory: RSS of every daemon process, summed, once the scan is done;
 * idle CPU: the daemon's CPU time over --idle seconds with nothing changing;
+* latency during the catch-up scan: single small-file writes, one at a time, for as
+  long as the scan runs (the workers are busy with the scan's tasks);
 * latency: --changes single small-file writes, one at a time, each timed from just
   before the write to the arrival of its event on the daemon's stdout (p50, p99, max);
 * storm: every file of the tree rewritten as fast as one writer can, timed until the
@@ -175,20 +177,37 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
+def change(d: Daemon, path: Path, label: bytes) -> float:
+    """Write ``path`` anew; return the ms from before the write to its event's arrival."""
+    start = time.monotonic()
+    path.write_bytes(b"%s %d\n" % (label, RUN))  # never a state seen before
+    while True:
+        arrived, e = d.event()
+        if e["file"]["path"] == str(path):
+            return (arrived - start) * 1000
+
+
+def summarise(ms: list[float]) -> str:
+    return f"p50 {pct(ms, 50):.1f} ms, p99 {pct(ms, 99):.1f} ms, max {max(ms):.1f} ms"
+
+
 def latency(d: Daemon, files: list[Path], changes: int, seed: int) -> str:
     """Single changes, one at a time: from before the write to the event's arrival."""
     rng = random.Random(seed)
-    ms = []
-    for i in range(changes):
-        path = files[rng.randrange(len(files))]
-        start = time.monotonic()
-        path.write_bytes(b"change %d %d\n" % (RUN, i))  # never a state seen before
-        while True:
-            arrived, e = d.event()
-            if e["file"]["path"] == str(path):
-                break
-        ms.append((arrived - start) * 1000)
-    return f"p50 {pct(ms, 50):.1f} ms, p99 {pct(ms, 99):.1f} ms, max {max(ms):.1f} ms"
+    ms = [change(d, files[rng.randrange(len(files))], b"change %d" % i) for i in range(changes)]
+    return summarise(ms)
+
+
+def latency_during_scan(d: Daemon, files: list[Path], seed: int) -> tuple[str, dict[str, Any]]:
+    """Single changes, one at a time, until the catch-up scan ends; and its log line."""
+    rng = random.Random(seed + 1)
+    ms: list[float] = []
+    while True:
+        while not d.logs.empty():
+            e = d.logs.get()
+            if e.get("event") == "scan_finished":
+                return f"{len(ms)} changes: {summarise(ms) if ms else '-'}", e
+        ms.append(change(d, files[rng.randrange(len(files))], b"in scan %d" % len(ms)))
 
 
 def await_all(d: Daemon, missing: set[str]) -> float:
@@ -280,13 +299,15 @@ def main() -> int:
         subprocess.run([*init, "--no-progress"], check=True, stdout=subprocess.DEVNULL)
         rows.append(("init (baseline)", f"{time.monotonic() - t:.2f} s"))
 
+        files = sorted(p for p in root.rglob("f*") if p.is_file())
         d = Daemon(manifest, args.workers, work)
         t = time.monotonic()
         d.ready()
         rows.append(("start to READY=1", f"{time.monotonic() - t:.2f} s"))
-        done = d.log("scan_finished")
+        lat, done = latency_during_scan(d, files, args.seed)
         rate = args.files / done["seconds"]
         rows.append(("catch-up scan", f"{done['seconds']:.2f} s ({rate:,.0f} files/s)"))
+        rows.append(("latency during the catch-up scan", lat))
         rows.append(("RSS after the scan, all processes", f"{rss_mib(d.proc.pid):.1f} MiB"))
 
         c0, t0 = cpu_s(d.proc.pid), time.monotonic()
@@ -294,7 +315,6 @@ def main() -> int:
         idle = (cpu_s(d.proc.pid) - c0) / (time.monotonic() - t0)
         rows.append((f"idle CPU over {args.idle:.0f} s", f"{idle * 100:.2f} % of one core"))
 
-        files = sorted(p for p in root.rglob("f*") if p.is_file())
         lat = latency(d, files, args.changes, args.seed)
         rows.append((f"latency, {args.changes} single changes", lat))
         result, peak = storm(d, files)

@@ -9,13 +9,13 @@ Data flow, and the order of shutdown::
                          collector process <────────┘  forwarded as raw bytes
                             └──> manifest (the only writer) + report on stdout
 
-The collector starts first and takes the manifest (and, for writers, its lock) before any
-file is read, so a locked or damaged manifest fails in a second, not after an hour of
-hashing. Walking is spread over the workers: a task walks a subtree for about 10 ms,
-then hands back the directories it did not get to as new tasks. On success: when no task is left, stop the
-workers with a sentinel each, then tell the collector to finish; it commits and writes
-the report. On any error or signal: kill the workers and close the collector's input,
-which makes it roll back and exit.
+The collector starts first and takes the manifest (and, for writers, its lock) before
+any file is read, so a locked or damaged manifest fails in a second, not after an hour
+of hashing. Walking is spread over the workers: a task walks a subtree for about 10 ms,
+then hands back the directories it did not get to as new tasks. On success: when no task
+is left, stop the workers with a sentinel each, then tell the collector to finish; it
+commits and writes the report. On any error or signal: kill the workers and close the
+collector's input, which makes it roll back and exit.
 """
 
 from __future__ import annotations

@@ -396,7 +396,7 @@ class Daemon:
     def _feed(self) -> None:
         """Turn due changes into tasks, a few per worker: the rest wait, merged, in Changes."""
         assert self.pool is not None and self.job is not None
-        room = 2 * self.workers - self.pool.backlog
+        room = 2 * self.workers - self.pool.urgent_backlog
         if room <= 0:
             return
         files: dict[int, list[bytes]] = defaultdict(list)
@@ -407,13 +407,13 @@ class Daemon:
             if kind == FILE:
                 files[i].append(path)
             elif covers(root, path):
-                self.pool.submit(DirTask((path,), i, recursive=kind == TREE))
+                self.pool.submit(DirTask((path,), i, recursive=kind == TREE), urgent=True)
             else:
                 files[i].append(root)  # folded from the root's own entry into its parent
         for i, paths in files.items():
             size = max(1, min(BATCH, math.ceil(len(paths) / self.workers)))
             for k in range(0, len(paths), size):
-                self.pool.submit(FileTask(tuple(paths[k : k + size]), i))
+                self.pool.submit(FileTask(tuple(paths[k : k + size]), i), urgent=True)
 
     def _housekeeping(self) -> None:
         assert self.pool is not None

@@ -66,7 +66,8 @@ class WorkerPool:
         self._deliver = deliver
         self._on_lost = on_lost
         self._workers: list[_Worker] = []
-        self._pending: list[tuple[Task, int]] = []
+        self._pending: list[tuple[Task, int]] = []  # a stack: the walk stays depth first
+        self._urgent: list[tuple[Task, int]] = []  # before any of _pending, oldest first
         # Per scope, the most tasks in flight at once (a root on a spinning disk: 1).
         self._limits = limits or {}
         self._running: Counter[int] = Counter()
@@ -104,9 +105,18 @@ class WorkerPool:
         self._selector.register(proc.sentinel, selectors.EVENT_READ, worker)
         return worker
 
-    def submit(self, task: Task) -> None:
-        """Add a task; ``run`` carries it out."""
-        self._push(task, 0)
+    def submit(self, task: Task, *, urgent: bool = False) -> None:
+        """Add a task; ``run`` carries it out.
+
+        An urgent task (the daemon's live changes) goes to the next free worker before
+        any other: a scan keeps hundreds of tasks pending, and a change waiting behind
+        them was reported seconds late.
+        """
+        if urgent:
+            self._urgent.append((task, 0))
+            self._waiting[task.scope] += 1
+        else:
+            self._push(task, 0)
 
     def _push(self, task: Task, tries: int) -> None:
         self._pending.append((task, tries))
@@ -115,12 +125,12 @@ class WorkerPool:
     @property
     def busy(self) -> bool:
         """True while any task is pending or in flight."""
-        return bool(self._pending) or any(w.inflight for w in self._workers)
+        return bool(self._pending or self._urgent) or any(w.inflight for w in self._workers)
 
     @property
-    def backlog(self) -> int:
-        """Tasks waiting for a worker."""
-        return len(self._pending)
+    def urgent_backlog(self) -> int:
+        """Urgent tasks waiting for a worker."""
+        return len(self._urgent)
 
     def add_reader(self, fileobj: Any, callback: Callable[[], None]) -> None:  # noqa: ANN401
         """Call ``callback`` whenever ``fileobj`` is readable (the daemon's wake-up pipe)."""
@@ -157,12 +167,12 @@ class WorkerPool:
 
     def discard(self, scopes: set[int]) -> None:
         """Drop the pending tasks of these scopes (roots no longer watched)."""
-        keep = [item for item in self._pending if item[0].scope not in scopes]
-        self._pending = keep
-        self._waiting = Counter(item[0].scope for item in keep)
+        self._pending = [item for item in self._pending if item[0].scope not in scopes]
+        self._urgent = [item for item in self._urgent if item[0].scope not in scopes]
+        self._waiting = Counter(item[0].scope for item in self._pending + self._urgent)
 
     def _dispatch(self, source: Iterator[Task]) -> None:
-        while self._pending:
+        while self._pending or self._urgent:
             worker = min(self._workers, key=lambda w: len(w.inflight))
             if len(worker.inflight) >= INFLIGHT:
                 break
@@ -179,7 +189,7 @@ class WorkerPool:
                 self._push(task, 0)
 
     def _take(self) -> tuple[Task, int] | None:
-        """The newest pending task whose scope is under its limit."""
+        """The oldest urgent, else the newest pending task whose scope is under its limit."""
         open_scopes = {
             scope
             for scope, n in self._waiting.items()
@@ -187,12 +197,18 @@ class WorkerPool:
         }
         if not open_scopes:
             return None  # without scanning a long list of tasks that must all wait
+        for i, (task, _) in enumerate(self._urgent):
+            if task.scope in open_scopes:
+                return self._pop(self._urgent, i)
         for i in range(len(self._pending) - 1, -1, -1):
             if self._pending[i][0].scope in open_scopes:
-                item = self._pending.pop(i)
-                self._waiting[item[0].scope] -= 1
-                return item
+                return self._pop(self._pending, i)
         return None
+
+    def _pop(self, tasks: list[tuple[Task, int]], i: int) -> tuple[Task, int]:
+        item = tasks.pop(i)
+        self._waiting[item[0].scope] -= 1
+        return item
 
     def _poll(self, timeout: float | None) -> None:
         for key, _ in self._selector.select(timeout):

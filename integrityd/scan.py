@@ -41,6 +41,9 @@ FILES_PER_TASK = 512
 # TASK_BUDGET_S or compared TASK_BUDGET_ENTRIES entries, then hands back the directories
 # it did not get to as HAND_BACK tasks (Scanner.run says why).
 TASK_BUDGET_S = 0.01
+# The daemon's scans use shorter tasks: a live change waits for the few a worker has
+# queued (pipeline.INFLIGHT) to finish.
+WATCH_TASK_BUDGET_S = 0.0025
 TASK_BUDGET_ENTRIES = 2048
 HAND_BACK = 4
 
@@ -74,16 +77,18 @@ class Scanner:
         chunk_size: int,
         max_rate: float | None = None,
         *,
-        budget_s: float = TASK_BUDGET_S,
+        budget_s: float | None = None,
         budget_entries: int = TASK_BUDGET_ENTRIES,
     ) -> None:
         self.job = job
-        self.budget_s = budget_s
-        self.budget_entries = budget_entries
         self.writes = job.command in ("init", "accept")
         self.initialises = job.command == "init"
         self.verifies = job.command == "verify"
         self.watches = job.command == "watch"
+        if budget_s is None:
+            budget_s = WATCH_TASK_BUDGET_S if self.watches else TASK_BUDGET_S
+        self.budget_s = budget_s
+        self.budget_entries = budget_entries
         self.hasher = Hasher(chunk_size, max_rate)
         # The daemon runs for months while people accept changes: no long-lived snapshot.
         self.baseline = BaselineReader(job.manifest, snapshot=not self.watches)

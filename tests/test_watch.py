@@ -382,6 +382,33 @@ def test_own_reads_raise_no_events(
     assert w.events[-1]["summary"]["files"] >= 3 * 205
 
 
+def test_a_live_change_goes_ahead_of_a_scan(
+    tree: Path, manifest: Path, watcher: Callable[..., Watcher]
+) -> None:
+    """A change made while the catch-up scan has many tasks waiting is hashed before them.
+
+    One worker, 24 large files each changed (a finding of the scan) and each a task of
+    its own: the live change must not wait until the scan has worked through them.
+    """
+    big = [sparse(tree / f"big{i:02}.img", 128 << 20) for i in range(24)]
+    assert integrityd("init", "-m", manifest, tree).returncode == 0
+    for b in big:
+        os.chmod(b, 0o600)
+    w = watcher("-m", manifest, "-j", "1")
+    w.ready()
+    # After the scan's first finding the root is listed: only the live event finds this.
+    wait_for(w.findings, 60, "the scan's first finding")
+    live = tree / "live.txt"
+    live.write_bytes(b"written during the scan")
+    assert w.wait("added", live)["file"]["hash"]["sha256"] == sha(b"written during the scan")
+    want = sorted([str(live), *map(str, big)])
+    # The scan's last findings may reach stdout after its scan_finished line.
+    wait_for(lambda: sorted(p for _, p in w.findings()) == want, 60, "every finding")
+    ahead = [path for _, path in w.findings()].index(str(live))
+    assert ahead < 12, f"{ahead} of the scan's 24 findings came before the live change"
+    assert w.stop() == 0
+
+
 @pytest.mark.parametrize("max_pending", [100_000, 100], ids=["default", "folded"])
 def test_storm_of_thousands_loses_nothing(
     tree: Path, manifest: Path, tmp_path: Path, watcher: Callable[..., Watcher], max_pending: int

@@ -2,10 +2,11 @@
 
 Each worker has a pipe of its own to the main process instead of a shared queue: a
 worker killed while it holds a shared queue's lock (SIGKILL, the OOM killer) would leave
-that queue unusable for every other worker. Main keeps a stack of tasks (depth first,
-so it stays small), sends at most ``INFLIGHT`` to each worker, pushes the tasks each one
-hands back (subdirectories it left, large files) onto the stack, and forwards each report
-to the collector as bytes, without unpickling it. When a worker dies, the tasks it held go
+that queue unusable for every other worker. Main keeps a stack of tasks (depth first, so
+it stays small) and, served before it, a queue of urgent ones (the daemon's live
+changes), sends at most ``INFLIGHT`` to each worker, pushes the tasks each one hands
+back (subdirectories it left, large files) onto the stack, and forwards each report to
+the collector as bytes, without unpickling it. When a worker dies, the tasks it held go
 to its replacement once; a task that kills a worker twice is handed to ``on_lost``, so
 its files are reported as unverifiable rather than silently skipped.
 """

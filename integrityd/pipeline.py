@@ -37,11 +37,14 @@ INFLIGHT = 4  # tasks queued per worker, so that none waits for the main process
 STOP_TIMEOUT_S = 5.0
 
 
+_Item = tuple[Task, int, bool]  # (task, earlier tries, urgent)
+
+
 @dataclass
 class _Worker:
     proc: BaseProcess
     conn: Connection
-    inflight: list[tuple[Task, int]] = field(default_factory=list)  # (task, earlier tries)
+    inflight: list[_Item] = field(default_factory=list)
 
 
 class WorkerPool:
@@ -67,8 +70,8 @@ class WorkerPool:
         self._deliver = deliver
         self._on_lost = on_lost
         self._workers: list[_Worker] = []
-        self._pending: list[tuple[Task, int]] = []  # a stack: the walk stays depth first
-        self._urgent: list[tuple[Task, int]] = []  # before any of _pending, oldest first
+        self._pending: list[_Item] = []  # a stack: the walk stays depth first
+        self._urgent: list[_Item] = []  # before any of _pending, oldest first
         # Per scope, the most tasks in flight at once (a root on a spinning disk: 1).
         self._limits = limits or {}
         self._running: Counter[int] = Counter()
@@ -111,16 +114,13 @@ class WorkerPool:
 
         An urgent task (the daemon's live changes) goes to the next free worker before
         any other: a scan keeps hundreds of tasks pending, and a change waiting behind
-        them was reported seconds late.
+        them was reported seconds late. What an urgent task hands back, and an urgent
+        task retried after its worker died, stay urgent.
         """
-        if urgent:
-            self._urgent.append((task, 0))
-            self._waiting[task.scope] += 1
-        else:
-            self._push(task, 0)
+        self._push(task, 0, urgent)
 
-    def _push(self, task: Task, tries: int) -> None:
-        self._pending.append((task, tries))
+    def _push(self, task: Task, tries: int, urgent: bool = False) -> None:
+        (self._urgent if urgent else self._pending).append((task, tries, urgent))
         self._waiting[task.scope] += 1
 
     @property
@@ -189,7 +189,7 @@ class WorkerPool:
             if not self._pending and (task := next(source, None)) is not None:
                 self._push(task, 0)
 
-    def _take(self) -> tuple[Task, int] | None:
+    def _take(self) -> _Item | None:
         """The oldest urgent, else the newest pending task whose scope is under its limit."""
         open_scopes = {
             scope
@@ -198,7 +198,7 @@ class WorkerPool:
         }
         if not open_scopes:
             return None  # without scanning a long list of tasks that must all wait
-        for i, (task, _) in enumerate(self._urgent):
+        for i, (task, _, _) in enumerate(self._urgent):
             if task.scope in open_scopes:
                 return self._pop(self._urgent, i)
         for i in range(len(self._pending) - 1, -1, -1):
@@ -206,7 +206,7 @@ class WorkerPool:
                 return self._pop(self._pending, i)
         return None
 
-    def _pop(self, tasks: list[tuple[Task, int]], i: int) -> tuple[Task, int]:
+    def _pop(self, tasks: list[_Item], i: int) -> _Item:
         item = tasks.pop(i)
         self._waiting[item[0].scope] -= 1
         return item
@@ -228,11 +228,11 @@ class WorkerPool:
 
     def _receive(self, worker: _Worker) -> None:
         spawned, walked, report = worker.conn.recv()
-        done, _ = worker.inflight.pop(0)
+        done, _, urgent = worker.inflight.pop(0)
         self._running[done.scope] -= 1
         self.walked += walked
         for task in spawned:
-            self._push(task, 0)
+            self._push(task, 0, urgent)  # the rest of a live change is live work too
         self._deliver(report)
 
     def _replace(self, worker: _Worker) -> None:
@@ -253,12 +253,12 @@ class WorkerPool:
             raise WorkerDied(msg)
         self._restarts_left -= 1
         self._workers.append(self._spawn())
-        for task, tries in worker.inflight:
+        for task, tries, urgent in worker.inflight:
             self._running[task.scope] -= 1
             if tries:
                 self._on_lost(task, f"the worker hashing it died twice (exit code {code})")
             else:
-                self._push(task, tries + 1)
+                self._push(task, tries + 1, urgent)
 
     def _forget(self, worker: _Worker) -> None:
         self._selector.unregister(worker.conn)

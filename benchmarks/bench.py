@@ -6,7 +6,7 @@ round, then --runs rounds in which each tool runs once, with the tree in the pag
 cache), and prints a table of medians, files/s, MB/s, summed peak RSS, and ratios to
 the best peer and to the SHA-256 limit (cores x one-core hashlib speed). Tools that
 are not installed are skipped.
-Usage: python benchmarks/bench.py [--corpus small,mixed,large] [--runs 3]
+Usage: python benchmarks/bench.py [--corpus small,mixed,large,dirs,large32] [--runs 3]
 """
 
 from __future__ import annotations

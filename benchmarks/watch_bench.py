@@ -8,7 +8,8 @@ READY=1 and the catch-up scan, then measure
 * memory: RSS of every daemon process, summed, once the scan is done;
 * idle CPU: the daemon's CPU time over --idle seconds with nothing changing;
 * latency during the catch-up scan: single small-file writes, one at a time, for as
-  long as the scan runs (the workers are busy with the scan's tasks);
+  long as the scan runs (the workers are busy with the scan's tasks; the scan's time
+  includes handling them);
 * latency: --changes single small-file writes, one at a time, each timed from just
   before the write to the arrival of its event on the daemon's stdout (p50, p99, max);
 * storm: every file of the tree rewritten as fast as one writer can, timed until the

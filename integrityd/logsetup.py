@@ -29,6 +29,10 @@ def _console(_logger: object, _name: str, event: MutableMapping[str, Any]) -> st
     return f"integrityd: {level}: {text}" + (f" ({extra})" if extra else "")
 
 
+# structlog's (and the logging module's) numbers for the method names a logger has
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "exception": 40, "critical": 50}
+
+
 class _Settings:
     """The settings of this process's last ``configure``, and whether structlog has them.
 
@@ -52,8 +56,6 @@ def configure(cfg: LogConfig, stream: TextIO | None = None) -> None:
 
 
 def _apply() -> None:
-    import logging  # noqa: PLC0415 - structlog imports it anyway
-
     import structlog  # noqa: PLC0415 - see the module docstring
 
     cfg, out = _SETTINGS.config, _SETTINGS.stream or sys.stderr
@@ -69,16 +71,11 @@ def _apply() -> None:
             structlog.processors.dict_tracebacks,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelName(cfg.level.upper())
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[cfg.level]),
         logger_factory=structlog.WriteLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
     _SETTINGS.applied = True
-
-
-_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "exception": 40, "critical": 50}
 
 
 def _discard(*_args: object, **_kwargs: object) -> None:

@@ -3,8 +3,8 @@
 For each directory the worker lists it, hashes what it holds, reads the directory's
 baseline entries in one query and compares. Unchanged entries stop here; only findings,
 rows to write and paths to delete go on to the collector, so the single collector does
-work in proportion to the differences, not to the tree. A baseline entry the listing lacks is
-removed; if it was a directory, so is everything below it.
+work in proportion to the differences, not to the tree. A baseline entry the listing
+lacks is removed; if it was a directory, so is everything below it.
 """
 
 from __future__ import annotations
@@ -41,11 +41,11 @@ FILES_PER_TASK = 512
 # TASK_BUDGET_S or compared TASK_BUDGET_ENTRIES entries, then hands back the directories
 # it did not get to as HAND_BACK tasks (Scanner.run says why).
 TASK_BUDGET_S = 0.01
+TASK_BUDGET_ENTRIES = 2048
+HAND_BACK = 4
 # The daemon's scans use shorter tasks: a live change waits for the few a worker has
 # queued (pipeline.INFLIGHT) to finish.
 WATCH_TASK_BUDGET_S = 0.0025
-TASK_BUDGET_ENTRIES = 2048
-HAND_BACK = 4
 
 
 class _Found:
@@ -254,7 +254,7 @@ class Scanner:
         finding = classify(old, state, self.attrs[scope])
         if finding is None and self.watches:
             found.matched.append(state.path)
-        if finding is not None and (finding.action == "unreadable" or self.job.command != "init"):
+        if finding is not None:  # for init, only "unreadable" comes this far
             found.findings.append(finding)
         if self.writes and state.error_type is None:
             found.rows.append((*key, *state[1:11]))

@@ -1,10 +1,22 @@
 """Turn one path into a FileState: metadata, and SHA-256 for regular files.
 
 Safe reading: a file is opened with O_NOFOLLOW | O_NONBLOCK (a FIFO swapped in for a
-file cannot hang us, a symlink swapped in is not followed), the descriptor is fstat()ed
-and only a regular file is read. Symlinks, directories and special files are lstat()ed,
-never opened. Every OSError on an input file becomes data (``error_type``/``error``):
-one bad file is a finding, not a crash.
+file cannot hang us, a symlink swapped in is not followed) and read with pread(), which
+a FIFO refuses (ESPIPE) without giving up its data; fstat() then says what was opened.
+Symlinks, directories and special files are lstat()ed, never opened. Every OSError on an
+input file becomes data (``error_type``/``error``): one bad file is a finding, not a crash.
+
+A file that changes while it is read must not get a digest of half old, half new
+content. Two ways to know it did not:
+
+- *Settled*: its ctime lies well before the moment we opened it. Every change of content
+  (write, truncate, and a utime() that hides one) moves ctime to the present, and nobody
+  can set it back, so such a file did not change during the read. This needs a
+  filesystem whose timestamps come from this kernel's clock (``Hasher.trusts_clock``).
+  One fstat() after the read is enough; it is the common case.
+- *Careful*: fstat() before and after the read agree on size, mtime and ctime. Used for
+  files changed in the last few seconds, on network and FUSE filesystems, and whenever
+  the settled test fails; a file that keeps changing is read at most twice.
 """
 
 from __future__ import annotations
@@ -15,6 +27,7 @@ import mmap
 import os
 import stat
 import time
+from collections.abc import Callable
 from typing import overload
 
 from integrityd.events import HINT_FILE, FileState
@@ -31,6 +44,30 @@ _TYPES = {
     stat.S_IFCHR: "char",
     stat.S_IFBLK: "block",
 }
+
+# statfs() f_type of the filesystems whose timestamps this kernel sets from its own clock
+# (linux/magic.h), and of read-only images, whose files cannot change while read. Not
+# here, so always read the careful way: NFS, SMB, FUSE, 9p, Ceph (a server's clock, or
+# none) and overlayfs (the clock of whatever lies below).
+_LOCAL_CLOCK = frozenset({
+    0xEF53,  # ext2, ext3, ext4
+    0x58465342,  # xfs
+    0x9123683E,  # btrfs
+    0x2FC12FC1,  # zfs
+    0xF2F52010,  # f2fs
+    0xCA451A4E,  # bcachefs
+    0x3153464A,  # jfs
+    0x52654973,  # reiserfs
+    0x01021994,  # tmpfs
+    0x858458F6,  # ramfs
+    0x73717368,  # squashfs
+    0xE0F5E1E2,  # erofs
+    0x9660,  # iso9660
+})  # fmt: skip
+# How far before the open a file's ctime must lie to count as settled. It covers the
+# coarse clock the kernel stamps files with (a tick, at most 10 ms), filesystems that
+# keep whole seconds (ext3, ext4 with 128-byte inodes) and small clock adjustments.
+SETTLE_NS = 5_000_000_000
 
 
 def from_stat(
@@ -59,6 +96,14 @@ def _regular(path: bytes, st: os.stat_result, sha256: bytes) -> FileState:
         (path, "file", st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
          st.st_mode & 0o7777, st.st_uid, st.st_gid, sha256, None, None, None),
     )  # fmt: skip
+
+
+def settled_before() -> int:
+    """The ctime (ns) before which a file opened from now on counts as settled.
+
+    Only for a directory whose filesystem ``Hasher.trusts_clock()``; ask before opening.
+    """
+    return time.time_ns() - SETTLE_NS
 
 
 def missing(path: bytes) -> FileState:
@@ -96,12 +141,33 @@ class Hasher:
         self._flags = _OPEN_FLAGS | _NOATIME
         self._rate = max_rate  # bytes/s for this worker, or None
         self._next = 0.0  # monotonic time at which the next read may start
+        self._fs_type = _fs_type_reader()
+
+    def trusts_clock(self, directory: int | bytes) -> bool:
+        """True if files in ``directory`` get their timestamps from this kernel's clock.
+
+        ``directory`` is a descriptor or a path. Only where this is True may
+        ``settled_before()`` be used.
+        """
+        return self._fs_type is not None and self._fs_type(directory) in _LOCAL_CLOCK
 
     @overload
-    def state(self, path: bytes, hint: str) -> FileState: ...
+    def state(
+        self,
+        path: bytes,
+        hint: str,
+        defer_above: None = None,
+        at: tuple[int, bytes] | None = None,
+        settled_before: int | None = None,
+    ) -> FileState: ...
     @overload
     def state(
-        self, path: bytes, hint: str, defer_above: int, at: tuple[int, bytes] | None = None
+        self,
+        path: bytes,
+        hint: str,
+        defer_above: int,
+        at: tuple[int, bytes] | None = None,
+        settled_before: int | None = None,
     ) -> FileState | None: ...
 
     def state(
@@ -110,12 +176,15 @@ class Hasher:
         hint: str,
         defer_above: int | None = None,
         at: tuple[int, bytes] | None = None,
+        settled_before: int | None = None,
     ) -> FileState | None:
         """Describe ``path`` now; never raises for problems with the file itself.
 
         With ``defer_above``, a regular file larger than that is not read: None is
         returned so that the caller can hand it to a task of its own. ``at`` is
         (directory fd, name): the file is opened relative to its open directory.
+        ``settled_before``: from ``settled_before()``, where the directory's filesystem
+        ``trusts_clock()``; None reads the careful way.
         """
         dir_fd, name = at if at is not None else (None, path)
         if hint != HINT_FILE:
@@ -133,7 +202,9 @@ class Hasher:
             except OSError as e2:
                 return self._open_failed(path, e2, name, dir_fd)
         try:
-            return self._read(fd, path, defer_above)
+            if settled_before is not None:
+                return self._read_settled(fd, path, defer_above, settled_before)
+            return self._read_careful(fd, path, defer_above, os.fstat(fd))
         except OSError as e:
             return failed(path, _error_type(e), _describe(e))
         finally:
@@ -163,15 +234,48 @@ class Hasher:
             return failed(path, _error_type(e), _describe(e))
         return from_stat(path, st, target=target)
 
-    def _read(self, fd: int, path: bytes, defer_above: int | None) -> FileState | None:
-        before = os.fstat(fd)
+    def _pread(self, fd: int, offset: int) -> int:
+        n = os.preadv(fd, self._bufs, offset)
+        if self._rate:
+            self._pace(n)
+        return n
+
+    def _read_settled(
+        self, fd: int, path: bytes, defer_above: int | None, settled_before: int
+    ) -> FileState | None:
+        """Read first and fstat() once; the careful way unless the file proves settled.
+
+        One fstat() less per file: 1.4 to 1.9 µs of 20 for a small file here.
+        """
+        try:
+            n = self._pread(fd, 0)
+        except OSError:
+            n = -1  # not a regular file after all, or a read error: the careful way says
+        st = os.fstat(fd)
+        if st.st_ctime_ns < settled_before and stat.S_ISREG(st.st_mode):
+            if defer_above is not None and st.st_size > defer_above:
+                return None
+            if n == st.st_size and n < len(self._buf):
+                return _regular(path, st, hashlib.sha256(self._view[:n]).digest())
+            if n == len(self._buf):
+                digest, length = self._digest(fd, n)
+                after = os.fstat(fd)
+                if length == after.st_size and after.st_ctime_ns < settled_before:
+                    return _regular(path, after, digest)
+                st = after
+        # ``st`` is from before the careful way's own read: a valid "before".
+        return self._read_careful(fd, path, defer_above, st)
+
+    def _read_careful(
+        self, fd: int, path: bytes, defer_above: int | None, before: os.stat_result
+    ) -> FileState | None:
         if not stat.S_ISREG(before.st_mode):
             return from_stat(path, before)  # swapped for a special file since the walk
         if defer_above is not None and before.st_size > defer_above:
             return None
-        if before.st_size < len(self._buf) and not self._rate:
+        if before.st_size < len(self._buf):
             # Most files fit in one read: no loop, no incremental hash object.
-            n = os.readv(fd, self._bufs)
+            n = self._pread(fd, 0)
             if n == before.st_size:
                 after = os.fstat(fd)
                 if (
@@ -180,11 +284,8 @@ class Hasher:
                     and after.st_ctime_ns == before.st_ctime_ns
                 ):
                     return _regular(path, after, hashlib.sha256(self._view[:n]).digest())
-            os.lseek(fd, 0, os.SEEK_SET)  # it changed: the careful way below
-        for attempt in range(2):
-            if attempt:
-                os.lseek(fd, 0, os.SEEK_SET)
-            digest, length = self._digest(fd)
+        for _attempt in range(2):
+            digest, length = self._digest(fd, 0)
             after = os.fstat(fd)
             if (
                 length == after.st_size == before.st_size
@@ -195,17 +296,38 @@ class Hasher:
             before = after
         return failed(path, "changing", "file changed while it was being read (twice)")
 
-    def _digest(self, fd: int) -> tuple[bytes, int]:
-        h = hashlib.sha256()
-        buf, view, size = self._buf, self._view, len(self._buf)
-        total = 0
+    def _digest(self, fd: int, offset: int) -> tuple[bytes, int]:
+        """SHA-256 and length from ``offset`` on; the buffer holds the ``offset`` bytes before."""
+        h = hashlib.sha256(self._view[:offset])
+        view, size = self._view, len(self._buf)
         while True:
-            n = os.readv(fd, (buf,))
-            if self._rate:
-                self._pace(n)
+            n = self._pread(fd, offset)
             h.update(view[:n])
-            total += n
+            offset += n
             # A short read means end of file for a regular file; the fstat() afterwards
             # catches a file that grew in the meantime.
             if n < size:
-                return h.digest(), total
+                return h.digest(), offset
+
+
+def _fs_type_reader() -> Callable[[int | bytes], int] | None:
+    """statfs()'s f_type for a descriptor or a path (-1 on error); None without libc's."""
+    import ctypes  # noqa: PLC0415 - workers only; the stdlib has no statfs() with f_type
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fstatfs, statfs = libc.fstatfs, libc.statfs
+    except (OSError, AttributeError):
+        return None
+    fstatfs.argtypes = (ctypes.c_int, ctypes.c_void_p)
+    statfs.argtypes = (ctypes.c_char_p, ctypes.c_void_p)
+    # struct statfs is 120 bytes on 64-bit Linux and begins with f_type (a word).
+    buf = (ctypes.c_long * 32)()
+
+    def fs_type(directory: int | bytes) -> int:
+        call = fstatfs if isinstance(directory, int) else statfs
+        if call(directory, buf) != 0:
+            return -1
+        return buf[0] & 0xFFFFFFFF
+
+    return fs_type

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -13,21 +14,59 @@ from hypothesis import strategies as st
 
 from integrityd.events import HINT_FILE, HINT_OTHER
 from integrityd.exclude import Excluder
-from integrityd.hashing import Hasher
+from integrityd.hashing import SETTLE_NS, Hasher, from_stat, settled_before
 from integrityd.walk import list_dir
 
 CHUNK = 4096
 
 
+# A threshold every file's ctime lies before: the settled way, whatever the filesystem.
+SETTLED = 1 << 62
+READS = pytest.mark.parametrize("settled", [None, SETTLED], ids=["careful", "settled"])
+
+
+@READS
 @pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 7])
-def test_digest_matches_hashlib_at_chunk_boundaries(tmp_path: Path, size: int) -> None:
+def test_digest_matches_hashlib_at_chunk_boundaries(
+    tmp_path: Path, size: int, settled: int | None
+) -> None:
     """Sizes around the chunk size hash exactly like hashlib over the whole content."""
     data = os.urandom(size)
     f = tmp_path / "f"
     f.write_bytes(data)
-    s = Hasher(CHUNK).state(os.fsencode(f), HINT_FILE)
-    assert s.sha256 == hashlib.sha256(data).digest()
+    s = Hasher(CHUNK).state(os.fsencode(f), HINT_FILE, settled_before=settled)
+    assert s == from_stat(os.fsencode(f), f.stat(), hashlib.sha256(data).digest())
     assert (s.type, s.size, s.error_type) == ("file", size, None)
+
+
+@READS
+@pytest.mark.parametrize("size", [CHUNK - 1, CHUNK, 2 * CHUNK + 1])
+def test_large_file_is_deferred_unread(tmp_path: Path, size: int, settled: int | None) -> None:
+    """Above ``defer_above`` the state is None (its own task); at the limit it is hashed."""
+    f = tmp_path / "f"
+    f.write_bytes(os.urandom(size))
+    h = Hasher(CHUNK)
+    assert h.state(os.fsencode(f), HINT_FILE, size - 1, None, settled) is None
+    s = h.state(os.fsencode(f), HINT_FILE, size, None, settled)
+    assert s is not None
+    assert s.sha256 == hashlib.sha256(f.read_bytes()).digest()
+
+
+def test_settled_only_where_the_kernel_stamps_files(tmp_path: Path) -> None:
+    """Not procfs, but tmpfs; the threshold lies SETTLE_NS before now."""
+    h = Hasher(CHUNK)
+    assert not h.trusts_clock(b"/proc/self")
+    fd = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert not h.trusts_clock(fd)
+    finally:
+        os.close(fd)
+    assert not h.trusts_clock(os.fsencode(tmp_path / "does-not-exist"))
+    if os.path.ismount("/dev/shm"):
+        assert h.trusts_clock(b"/dev/shm")
+    before = time.time_ns()
+    threshold = settled_before()
+    assert before - SETTLE_NS <= threshold <= time.time_ns() - SETTLE_NS
 
 
 @settings(max_examples=40, deadline=None)
@@ -39,12 +78,24 @@ def test_digest_property(tmp_path_factory: pytest.TempPathFactory, data: bytes) 
     assert Hasher(CHUNK).state(os.fsencode(f), HINT_FILE).sha256 == hashlib.sha256(data).digest()
 
 
-def test_fifo_is_not_opened_even_if_hinted_as_file(tmp_path: Path) -> None:
-    """A FIFO swapped in for a file is recorded by type and never blocks the worker."""
+@READS
+def test_fifo_swapped_in_is_never_read(tmp_path: Path, settled: int | None) -> None:
+    """A FIFO swapped in for a file is recorded by type and never blocks the worker.
+
+    pread() is refused on a pipe: the data waiting in it stays there for its real reader.
+    """
     fifo = tmp_path / "p"
     os.mkfifo(fifo)
-    s = Hasher(CHUNK).state(os.fsencode(fifo), HINT_FILE)
+    s = Hasher(CHUNK).state(os.fsencode(fifo), HINT_FILE, settled_before=settled)
     assert (s.type, s.sha256, s.error_type) == ("fifo", None, None)
+    both_ends = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)  # Linux: opens without a peer
+    try:
+        os.write(both_ends, b"for somebody else")
+        s = Hasher(CHUNK).state(os.fsencode(fifo), HINT_FILE, settled_before=settled)
+        assert (s.type, s.sha256, s.error_type) == ("fifo", None, None)
+        assert os.read(both_ends, 100) == b"for somebody else"
+    finally:
+        os.close(both_ends)
 
 
 def test_socket_and_symlinks(tmp_path: Path) -> None:

@@ -39,10 +39,12 @@ HUGE_DIR = 2048  # a directory with more files than this is hashed by several wo
 FILES_PER_TASK = 512
 # A recursive DirTask walks on into the subdirectories it finds until it has taken
 # TASK_BUDGET_S or compared TASK_BUDGET_ENTRIES entries, then hands back the directories
-# it did not get to as HAND_BACK tasks (Scanner.run says why).
+# it did not get to as up to HAND_BACK tasks of at least HAND_BACK_DIRS directories each
+# (fewer, if fewer are left). Scanner.run says why.
 TASK_BUDGET_S = 0.01
 TASK_BUDGET_ENTRIES = 2048
 HAND_BACK = 4
+HAND_BACK_DIRS = 8
 # The daemon's scans use shorter tasks: a live change waits for the few a worker has
 # queued (pipeline.INFLIGHT) to finish.
 WATCH_TASK_BUDGET_S = 0.0025
@@ -115,7 +117,8 @@ class Scanner:
         processes; at one task per directory, a tree of small directories (node_modules,
         maildirs, /usr/share/locale) spent more on that than on hashing. The budget keeps
         tasks short enough to spread over the workers and to end a run evenly, and handing
-        back several tasks lets idle workers in at once.
+        back several tasks lets idle workers in at once. Each of those gets several
+        directories: split one by one, three tasks in four walked a single directory.
         """
         found = _Found()
         if isinstance(task, FileTask):
@@ -135,7 +138,7 @@ class Scanner:
             todo += subdirs
             spawned += files
             walked += 1
-        tasks = min(len(todo), HAND_BACK)
+        tasks = max(1, min(HAND_BACK, len(todo) // HAND_BACK_DIRS)) if todo else 0
         spawned += (DirTask(tuple(todo[i::tasks]), task.scope) for i in range(tasks))
         return spawned, found.report(), walked
 

@@ -10,7 +10,7 @@ import pytest
 from integrityd.config import RootConfig
 from integrityd.events import DirTask, Job, Report, Scope, Task
 from integrityd.manifest import journal_files
-from integrityd.scan import Scanner
+from integrityd.scan import HAND_BACK_DIRS, Scanner
 
 from .conftest import integrityd
 
@@ -90,3 +90,42 @@ def test_tasks_go_on_into_subdirectories_within_their_budget(
     assert len({(r[0], r[1]) for r in want}) == len(want)  # no entry twice
     assert rows(whole) == want
     assert rows(by_entries) == want
+
+
+@pytest.mark.parametrize(
+    ("subdirs", "tasks"), [(1, 1), (15, 1), (16, 2), (31, 3), (40, 4), (99, 4)]
+)
+def test_leftovers_go_back_as_a_few_tasks_of_several_directories(
+    tmp_path: Path, subdirs: int, tasks: int
+) -> None:
+    """Up to HAND_BACK tasks of at least HAND_BACK_DIRS directories each, covering them all.
+
+    Handing back one directory a task made three tasks in four walk a single directory of
+    the benchmark's small corpus: a round trip through three processes for 50 files.
+    """
+    manifest = tmp_path / "m.db"
+    (tmp_path / "empty").mkdir()
+    assert integrityd("init", "-m", manifest, tmp_path / "empty").returncode == 0
+    root = tmp_path / "root"
+    want = sorted(os.fsencode(root / f"d{i:02}") for i in range(subdirs))
+    for d in want:
+        os.makedirs(d)
+    start = os.fsencode(root)
+    job = Job(
+        command="check",
+        manifest=os.fsencode(manifest),
+        scopes=(Scope(RootConfig(path=start), start),),
+        skip=journal_files(os.fsencode(manifest)),
+        json=True,
+        progress=False,
+    )
+    scanner = Scanner(job, 1 << 16, budget_s=3600, budget_entries=1)
+    try:
+        spawned, _, walked = scanner.run(DirTask((start,), 0))
+    finally:
+        scanner.close()
+    assert walked == 1  # the root alone spends the budget of one entry
+    assert all(isinstance(t, DirTask) for t in spawned)
+    assert len(spawned) == tasks
+    assert sorted(p for t in spawned for p in t.paths) == want
+    assert min(len(t.paths) for t in spawned) >= min(subdirs, HAND_BACK_DIRS)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from integrityd.config import RootConfig
-from integrityd.events import DirTask, Job, Report, Scope, Task
+from integrityd.events import Command, DirTask, Job, Report, Scope, Task
 from integrityd.manifest import journal_files
 from integrityd.scan import HAND_BACK_DIRS, Scanner
 
@@ -32,6 +32,19 @@ def many_dirs(tmp_path: Path) -> Path:
     return root
 
 
+def scan_job(command: Command, root: Path, manifest: Path) -> Job:
+    """A job for one root, scanned from its top."""
+    start = os.fsencode(root)
+    return Job(
+        command=command,
+        manifest=os.fsencode(manifest),
+        scopes=(Scope(RootConfig(path=start), start),),
+        skip=journal_files(os.fsencode(manifest)),
+        json=True,
+        progress=False,
+    )
+
+
 def walk(
     root: Path, manifest: Path, budget_s: float, budget_entries: int
 ) -> tuple[list[Report], list[int]]:
@@ -41,14 +54,7 @@ def walk(
     task hands directories back only once its budget is spent.
     """
     start = os.fsencode(root)
-    job = Job(
-        command="init",
-        manifest=os.fsencode(manifest),
-        scopes=(Scope(RootConfig(path=start), start),),
-        skip=journal_files(os.fsencode(manifest)),
-        json=True,
-        progress=False,
-    )
+    job = scan_job("init", root, manifest)
     scanner = Scanner(job, 1 << 16, budget_s=budget_s, budget_entries=budget_entries)
     todo: list[Task] = [DirTask((start,), 0)]
     reports, walked = [], []
@@ -111,15 +117,7 @@ def test_leftovers_go_back_as_a_few_tasks_of_several_directories(
     for d in want:
         os.makedirs(d)
     start = os.fsencode(root)
-    job = Job(
-        command="check",
-        manifest=os.fsencode(manifest),
-        scopes=(Scope(RootConfig(path=start), start),),
-        skip=journal_files(os.fsencode(manifest)),
-        json=True,
-        progress=False,
-    )
-    scanner = Scanner(job, 1 << 16, budget_s=3600, budget_entries=1)
+    scanner = Scanner(scan_job("check", root, manifest), 1 << 16, budget_s=3600, budget_entries=1)
     try:
         spawned, _, walked = scanner.run(DirTask((start,), 0))
     finally:

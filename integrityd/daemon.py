@@ -139,6 +139,7 @@ class Daemon:
         self.watchdog_at = 0.0
         self.lock: int | None = None
         self.thread_died = False  # set by threading.excepthook, from the dying thread
+        self.observer_stopping = False  # set while watchdog's threads are being stopped
         self.lost_logged_at = -LOST_LOG_S
 
     # -- start and stop ------------------------------------------------------------------
@@ -156,8 +157,9 @@ class Daemon:
         try:
             return self._run()
         finally:
+            self._stop_observer()  # first: what its threads log on the way out is ours to show
             watchdog_log.removeHandler(lost)
-            self._stop_observer()
+            watchdog_log.propagate = True
             if self.pool is not None:
                 self.pool.stop(graceful=False)  # they only read: nothing to lose, and fast
             if self.handle is not None:
@@ -280,9 +282,11 @@ class Daemon:
             source=f"{filename}:{lineno}",
         )
 
-    @staticmethod
-    def _forward(record: logging.LogRecord) -> None:
-        log.warning("watchdog", message=record.getMessage(), logger=record.name)
+    def _forward(self, record: logging.LogRecord) -> None:
+        # Stopping the observer races with its threads, which may then log an error
+        # ("queue_events() called when the thread is inactive"): expected, so debug only.
+        level = log.debug if self.observer_stopping else log.warning
+        level("watchdog", message=record.getMessage(), logger=record.name)
 
     # -- the observer --------------------------------------------------------------------
 
@@ -318,8 +322,12 @@ class Daemon:
 
     def _stop_observer(self) -> None:
         if self.observer is not None:
-            self.observer.stop()
-            self.observer.join(5)
+            self.observer_stopping = True
+            try:
+                self.observer.stop()
+                self.observer.join(5)
+            finally:
+                self.observer_stopping = False
             self.observer = None
 
     def _check_limits(self) -> None:

@@ -28,7 +28,7 @@ from integrityd.events import (
     Task,
 )
 from integrityd.exclude import Excluder
-from integrityd.hashing import Hasher, failed, settled_before
+from integrityd.hashing import Hasher, failed, from_stat, settled_before
 from integrityd.manifest import BaselineReader, split
 from integrityd.walk import Listing, list_dir, relative
 
@@ -207,7 +207,11 @@ class Scanner:
                     baseline.pop(name, None)
                     continue
             at = (listing.fd, name) if listing.fd is not None else None
-            state = self.hasher.state(path, hint, LARGE_FILE, at, settled)
+            st = listing.dir_stats.get(name) if hint != HINT_FILE else None
+            if st is not None:
+                state: FileState | None = from_stat(path, st)
+            else:
+                state = self.hasher.state(path, hint, LARGE_FILE, at, settled)
             if state is None:
                 spawned.append(FileTask((path,), scope))
                 baseline.pop(name, None)

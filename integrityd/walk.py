@@ -39,6 +39,9 @@ class Listing:
 
     entries: list[tuple[bytes, bytes, str]] = field(default_factory=list)  # (name, path, hint)
     subdirs: list[bytes] = field(default_factory=list)
+    # lstat() of the subdirectories whose device was checked, by name: the worker records
+    # them from this instead of asking the kernel a second time.
+    dir_stats: dict[bytes, os.stat_result] = field(default_factory=dict)
     error: str | None = None
     fd: int | None = None  # the directory, open: the caller reads its entries relative to it
 
@@ -84,8 +87,12 @@ def list_dir(
                 if excluder and excluder.matches(relative(root, path), is_dir):
                     continue
                 out.entries.append((name, path, HINT_FILE if is_file else HINT_OTHER))
-                if is_dir and (device is None or _device(entry) == device):
+                if is_dir and device is None:
                     out.subdirs.append(path)
+                elif is_dir and (st := _lstat(entry)) is not None:
+                    out.dir_stats[name] = st
+                    if st.st_dev == device:  # else a mount point: recorded, not entered
+                        out.subdirs.append(path)
     except OSError as e:
         os.close(fd)
         return Listing(error=_describe(e))
@@ -95,8 +102,8 @@ def list_dir(
     return out
 
 
-def _device(entry: os.DirEntry[str]) -> int | None:
+def _lstat(entry: os.DirEntry[str]) -> os.stat_result | None:
     try:
-        return entry.stat(follow_symlinks=False).st_dev
+        return entry.stat(follow_symlinks=False)
     except OSError:
         return None

@@ -66,7 +66,8 @@ _LOCAL_CLOCK = frozenset({
 })  # fmt: skip
 # How far before the open a file's ctime must lie to count as settled. It covers the
 # coarse clock the kernel stamps files with (a tick, at most 10 ms), filesystems that
-# keep whole seconds (ext3, ext4 with 128-byte inodes) and small clock adjustments.
+# keep whole seconds (ext3, ext4 with 128-byte inodes) and small clock adjustments; a
+# step back by more than this between settled_before() and a write is not covered.
 SETTLE_NS = 5_000_000_000
 
 

@@ -97,8 +97,8 @@ class Scanner:
         self.excluders = [Excluder(s.root.exclude) for s in job.scopes]
         self.attrs = [frozenset(s.root.check) for s in job.scopes]
         self.devices = [_device(s.start) if s.root.one_filesystem else None for s in job.scopes]
-        # A root that stays on one filesystem is asked once; the others per directory (a
-        # statfs() each, which cost 7 µs a directory in a walk on the development VM).
+        # The walk of a root that stays on one filesystem asks once; other walks ask per
+        # directory (a statfs() each, which cost 7 µs a directory on the development VM).
         self.clock = [
             self.hasher.trusts_clock(s.start) if s.root.one_filesystem else None for s in job.scopes
         ]
@@ -236,7 +236,10 @@ class Scanner:
                 if elsewhere[parent]:
                     continue
             if parent not in settled:
-                settled[parent] = self._settled_before(task.scope, parent)
+                # Per directory even under a root on one filesystem: some of these paths
+                # come from the daemon's events or verify's baseline, not from the walk.
+                trusted = self.hasher.trusts_clock(parent)
+                settled[parent] = settled_before() if trusted else None
             state = self.hasher.state(path, HINT_FILE, settled_before=settled[parent])
             old = baseline.get(path)
             if state.type != "missing":

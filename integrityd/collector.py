@@ -254,10 +254,11 @@ def _digest(value: object) -> bytes:
 
 
 class _Reported:
-    """What was reported, per path that differs now: digests of baseline and state.
+    """What was reported, per path that differs now.
 
-    On disk (a private temporary SQLite database), so that a storm that changes a million
-    files costs disk, not memory.
+    Digests of the baseline and the state, and when the task that saw that state began
+    (``Report.started``). On disk (a private temporary SQLite database), so that a storm
+    that changes a million files costs disk, not memory.
     """
 
     def __init__(self) -> None:
@@ -266,25 +267,26 @@ class _Reported:
         self._db.execute("PRAGMA synchronous = OFF")
         self._db.execute("PRAGMA cache_size = -4096")  # KiB: bounded, whatever the count
         self._db.execute(
-            "CREATE TABLE reported (path BLOB PRIMARY KEY, baseline BLOB, state BLOB) WITHOUT ROWID"
+            "CREATE TABLE reported "
+            "(path BLOB PRIMARY KEY, baseline BLOB, state BLOB, seen REAL) WITHOUT ROWID"
         )
         self.count = 0
 
-    def get(self, path: bytes) -> tuple[bytes, bytes] | None:
+    def get(self, path: bytes) -> tuple[bytes, bytes, float] | None:
         if not self.count:
             return None  # the usual case while nothing differs: no query per file
         row = self._db.execute(
-            "SELECT baseline, state FROM reported WHERE path = ?", (path,)
+            "SELECT baseline, state, seen FROM reported WHERE path = ?", (path,)
         ).fetchone()
-        return None if row is None else (row[0], row[1])
+        return None if row is None else (row[0], row[1], row[2])
 
-    def put(self, path: bytes, baseline: bytes, state: bytes, *, new: bool) -> None:
+    def put(self, path: bytes, baseline: bytes, state: bytes, seen: float, *, new: bool) -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO reported VALUES (?, ?, ?)", (path, baseline, state)
+            "INSERT OR REPLACE INTO reported VALUES (?, ?, ?, ?)", (path, baseline, state, seen)
         )
         self.count += new
 
-    def pop(self, path: bytes) -> tuple[bytes, bytes] | None:
+    def pop(self, path: bytes) -> tuple[bytes, bytes, float] | None:
         found = self.get(path)
         if found is not None:
             self._db.execute("DELETE FROM reported WHERE path = ?", (path,))
@@ -300,6 +302,14 @@ class _Live:
 
     ``reported`` holds, per path that differs now, the baseline it was compared with and
     the state reported, on disk.
+
+    Reports do not arrive in the order their files were read: a scan's task reports when
+    its budget is spent, and a live change read after it may report first. What a task
+    that began before the reported state's task says of that path is older news and is
+    dropped; otherwise a scan that read a file just before it was tampered with would
+    follow the live ``modified`` with a ``restored``. Dropping an observation that was in
+    fact newer loses nothing: the change that made it raised an event of its own. A path
+    never reported has no such order (a stale finding for it is still reported).
     """
 
     def __init__(self, job: Job) -> None:
@@ -332,13 +342,13 @@ class _Live:
         self.files += r.files
         self.bytes += r.nbytes
         for f in r.findings:
-            self.finding(f)
+            self.finding(f, r.started)
         for path, kind, message in r.unreadable_dirs:
-            self.finding(_unlisted(path, kind, message, self.reader.lookup(path)))
+            self.finding(_unlisted(path, kind, message, self.reader.lookup(path)), r.started)
         for path in r.matched:
-            self.matched(path)
+            self.matched(path, r.started)
 
-    def finding(self, f: Finding) -> None:
+    def finding(self, f: Finding, started: float) -> None:
         if f.new is not None and f.new.error_type == "changing":
             # Written while we read it: that write raised an event of its own, which
             # brings the file back once it settles. Reporting it now would be noise.
@@ -346,15 +356,16 @@ class _Live:
         key = _key(f)
         state = _digest(key)
         before = self.reported.get(f.path)
-        if before is not None and before[1] == state:
-            return  # reported already: a file that stays different is not news
-        self.reported.put(f.path, _digest(_recorded(f.old)), state, new=before is None)
+        if before is not None and (started < before[2] or before[1] == state):
+            return  # older news, or reported already: a file that stays different is not news
+        self.reported.put(f.path, _digest(_recorded(f.old)), state, started, new=before is None)
         self.emit(f)
 
-    def matched(self, path: bytes) -> None:
-        before = self.reported.pop(path)
-        if before is None:
+    def matched(self, path: bytes, started: float) -> None:
+        before = self.reported.get(path)
+        if before is None or started < before[2]:
             return
+        self.reported.pop(path)
         baseline = self.reader.lookup(path)
         if _digest(_recorded(baseline)) == before[0]:  # not when the change was accepted meanwhile
             self.emit(Finding("restored", path, baseline, baseline))

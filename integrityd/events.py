@@ -158,3 +158,6 @@ class Report(NamedTuple):
     unreadable_dirs: list[tuple[bytes, str, str]]  # (directory, error type, message)
     verified: list[tuple[bytes, bytes]]  # verify: (parent, name) read and compared
     matched: list[bytes]  # watch: paths found as in the baseline (or absent from both)
+    # time.monotonic() when the task began (0.0: unknown, older than any): every file in
+    # it was read after this. The daemon's collector orders what it hears of a path by it.
+    started: float = 0.0

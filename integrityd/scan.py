@@ -54,6 +54,7 @@ class _Found:
     """What a task has found so far; becomes a Report once the task is done."""
 
     def __init__(self) -> None:
+        self.started = time.monotonic()
         self.files = 0
         self.bytes = 0
         self.findings: list[Finding] = []
@@ -66,7 +67,7 @@ class _Found:
     def report(self) -> Report:
         return Report(
             self.files, self.bytes, self.findings, self.rows, self.deletes, self.unreadable_dirs,
-            self.verified, self.matched,
+            self.verified, self.matched, self.started,
         )  # fmt: skip
 
 

@@ -143,9 +143,11 @@ class Scanner:
         spawned += (DirTask(tuple(todo[i::tasks]), task.scope) for i in range(tasks))
         return spawned, found.report(), walked
 
-    def _settled_before(self, scope: int, directory: int | bytes) -> int | None:
-        """hashing.settled_before() if the directory's filesystem trusts_clock(), else None."""
-        trusted = self.clock[scope]
+    def _settled_before(self, directory: int | bytes, trusted: bool | None = None) -> int | None:
+        """hashing.settled_before() if the directory's filesystem trusts_clock(), else None.
+
+        ``trusted``: known already (``self.clock``), or None to ask statfs().
+        """
         if trusted is None:
             trusted = self.hasher.trusts_clock(directory)
         return settled_before() if trusted else None
@@ -199,7 +201,9 @@ class Scanner:
         deferred: list[bytes] = []
         hashed = 0
         # Taken before the first open, as settled_before() requires.
-        settled = self._settled_before(scope, listing.fd if listing.fd is not None else directory)
+        settled = self._settled_before(
+            listing.fd if listing.fd is not None else directory, self.clock[scope]
+        )
         for name, path, hint in listing.entries:
             if huge and hint == HINT_FILE:
                 hashed += 1
@@ -239,8 +243,7 @@ class Scanner:
             if parent not in settled:
                 # Per directory even under a root on one filesystem: some of these paths
                 # come from the daemon's events or verify's baseline, not from the walk.
-                trusted = self.hasher.trusts_clock(parent)
-                settled[parent] = settled_before() if trusted else None
+                settled[parent] = self._settled_before(parent)
             state = self.hasher.state(path, HINT_FILE, settled_before=settled[parent])
             old = baseline.get(path)
             if state.type != "missing":

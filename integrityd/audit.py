@@ -148,7 +148,7 @@ def run(job: Job, cfg: Config, budget: Budget | None = None) -> Summary:
     workers = cfg.worker_count()
     rate = job.max_rate / workers if job.max_rate else None
     try:
-        with WorkerPool(
+        pool = WorkerPool(
             ctx,
             count=workers,
             target=scan.worker_main,
@@ -158,15 +158,16 @@ def run(job: Job, cfg: Config, budget: Budget | None = None) -> Summary:
             on_lost=lost,
             guard=handle.guard,
             on_guard=handle.failed,
-        ) as pool:
-            if job.command == "verify":
-                pool.run(_verify_tasks(job, budget or Budget(), handle))
-            else:
-                for i, scope in enumerate(job.scopes):
-                    pool.submit(FileTask((scope.start,), i))  # the start itself: file or dir
-                    if stat.S_ISDIR(os.lstat(scope.start).st_mode):
-                        pool.submit(DirTask((scope.start,), i))
-                pool.run()
+        )
+        if job.command != "verify":  # submitted first, so that the first worker starts on them
+            for i, scope in enumerate(job.scopes):
+                pool.submit(FileTask((scope.start,), i))  # the start itself: file or dir
+                if stat.S_ISDIR(os.lstat(scope.start).st_mode):
+                    pool.submit(DirTask((scope.start,), i))
+        with pool:
+            pool.run(
+                _verify_tasks(job, budget or Budget(), handle) if job.command == "verify" else None
+            )
         _ignore_signals()  # past this point the collector commits: let it finish
         return handle.finish()
     finally:

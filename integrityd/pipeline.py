@@ -23,7 +23,7 @@ from multiprocessing import util
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkContext, ForkServerContext
 from multiprocessing.process import BaseProcess
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 from integrityd import errors, logsetup
 from integrityd.errors import CollectorDied, IntegritydError, WorkerDied
@@ -40,6 +40,12 @@ STOP_TIMEOUT_S = 5.0
 _Item = tuple[Task, int, bool]  # (task, earlier tries, urgent)
 
 
+class Hunger(Protocol):
+    """A counter in memory shared with the workers: how many of them wait for work."""
+
+    value: int
+
+
 @dataclass
 class _Worker:
     proc: BaseProcess
@@ -48,7 +54,12 @@ class _Worker:
 
 
 class WorkerPool:
-    """N worker processes running ``target(conn, *args)``; reports go to ``deliver``."""
+    """N worker processes running ``target(conn, hungry, *args)``; reports go to ``deliver``.
+
+    ``hungry`` (a Hunger) counts the workers that wait while no task does: main sets it
+    after each dispatch, and a worker walking a large subtree hands back part of it when
+    it reads more than 0.
+    """
 
     def __init__(
         self,
@@ -81,6 +92,7 @@ class WorkerPool:
         self._selector = selectors.DefaultSelector()
         for g in guard:
             self._selector.register(g, selectors.EVENT_READ, on_guard)
+        self._hungry: Hunger = ctx.RawValue("i", 0)
         self._restarts_left = 2 * count + 4
         self.restarts = 0
         self.walked = 0  # directories listed by recursive DirTasks (the daemon's watch count)
@@ -89,9 +101,16 @@ class WorkerPool:
         return self.start()
 
     def start(self) -> Self:
-        """Start the workers; ``stop`` ends them (the context manager does both)."""
+        """Start the workers; ``stop`` ends them (the context manager does both).
+
+        Tasks submitted before go to the first worker as soon as it exists: forking the
+        others took a millisecond or more each (25 ms for 16), and the first task hands
+        back the subdirectories that keep them busy.
+        """
         for _ in range(self._count):
             self._workers.append(self._spawn())
+            if len(self._workers) == 1:
+                self._dispatch(iter(()))
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
@@ -100,7 +119,8 @@ class WorkerPool:
     def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe(duplex=True)
         parent_only(parent)
-        proc = self._ctx.Process(target=self._target, args=(child, *self._args), name="hasher")
+        args = (child, self._hungry, *self._args)
+        proc = self._ctx.Process(target=self._target, args=args, name="hasher")
         proc.start()
         child.close()  # so that the worker's death reads as EOF here
         log.debug("worker_started", pid=proc.pid)
@@ -188,6 +208,8 @@ class WorkerPool:
                 self._replace(worker)
             if not self._pending and (task := next(source, None)) is not None:
                 self._push(task, 0)
+        idle = 0 if self._pending or self._urgent else sum(not w.inflight for w in self._workers)
+        self._hungry.value = idle
 
     def _take(self) -> _Item | None:
         """The oldest urgent, else the newest pending task whose scope is under its limit."""

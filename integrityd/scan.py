@@ -30,6 +30,7 @@ from integrityd.events import (
 from integrityd.exclude import Excluder
 from integrityd.hashing import Hasher, failed, from_stat, settled_before
 from integrityd.manifest import BaselineReader, split
+from integrityd.pipeline import Hunger
 from integrityd.walk import Listing, list_dir, relative
 
 log = logsetup.get_logger()
@@ -82,8 +83,10 @@ class Scanner:
         *,
         budget_s: float | None = None,
         budget_entries: int = TASK_BUDGET_ENTRIES,
+        hungry: Hunger | None = None,
     ) -> None:
         self.job = job
+        self.hungry = hungry
         self.writes = job.command in ("init", "accept")
         self.initialises = job.command == "init"
         self.verifies = job.command == "verify"
@@ -120,6 +123,11 @@ class Scanner:
         tasks short enough to spread over the workers and to end a run evenly, and handing
         back several tasks lets idle workers in at once. Each of those gets several
         directories: split one by one, three tasks in four walked a single directory.
+
+        While workers sit idle with no task waiting (``hungry``: at the start of a run, as
+        it ends), a task hands back after its current directory, one share for each of
+        them and one for this worker. Without this, 15 of 16 workers waited out the first
+        task's budget, and the ends of a few long walks decided when a run ended.
         """
         found = _Found()
         if isinstance(task, FileTask):
@@ -133,15 +141,34 @@ class Scanner:
         walked = 0
         deadline = time.monotonic() + self.budget_s
         while todo and (
-            walked == 0 or (found.files < self.budget_entries and time.monotonic() < deadline)
+            walked == 0
+            or (
+                found.files < self.budget_entries
+                and time.monotonic() < deadline
+                and not (len(todo) > 1 and self._hungry())
+            )
         ):
             subdirs, files = self._directory(todo.pop(), task.scope, found)
             todo += subdirs
             spawned += files
             walked += 1
-        tasks = max(1, min(HAND_BACK, len(todo) // HAND_BACK_DIRS)) if todo else 0
+        if len(todo) > 1 and (hungry := self._hungry()):
+            tasks = min(len(todo), hungry + 1)
+            self._fed(tasks - 1)
+        else:
+            tasks = max(1, min(HAND_BACK, len(todo) // HAND_BACK_DIRS)) if todo else 0
         spawned += (DirTask(tuple(todo[i::tasks]), task.scope) for i in range(tasks))
         return spawned, found.report(), walked
+
+    def _hungry(self) -> int:
+        """How many workers wait with no task queued for them (main's count; 0 if none)."""
+        return self.hungry.value if self.hungry is not None else 0
+
+    def _fed(self, shares: int) -> None:
+        # Only a hint, which main sets again after each dispatch: lowering it keeps the
+        # other workers from splitting their walks for the same idle workers meanwhile.
+        if self.hungry is not None:
+            self.hungry.value = max(0, self.hungry.value - shares)
 
     def _settled_before(self, directory: int | bytes, trusted: bool | None = None) -> int | None:
         """hashing.settled_before() if the directory's filesystem trusts_clock(), else None.
@@ -338,8 +365,13 @@ def _device(path: bytes) -> int | None:
         return None
 
 
-def worker_main(
-    conn: Connection, job: Job, chunk_size: int, max_rate: float | None, idle: bool
+def worker_main(  # noqa: PLR0917 - a Process passes its args by position
+    conn: Connection,
+    hungry: Hunger,
+    job: Job,
+    chunk_size: int,
+    max_rate: float | None,
+    idle: bool,
 ) -> None:
     """Hash worker process: take tasks until the None sentinel or until main is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process owns shutdown
@@ -347,12 +379,12 @@ def worker_main(
     logsetup.configure(job.log)
     if idle:
         _be_idle()
-    scanner = Scanner(job, chunk_size, max_rate)
+    scanner = Scanner(job, chunk_size, max_rate, hungry=hungry)
     try:
         while (task := conn.recv()) is not None:
             if isinstance(task, Job):  # the daemon reloaded its config; no reply expected
                 scanner.close()
-                scanner = Scanner(task, chunk_size, max_rate)
+                scanner = Scanner(task, chunk_size, max_rate, hungry=hungry)
                 continue
             spawned, report, walked = scanner.run(task)
             conn.send((spawned, walked, pickle.dumps(report, pickle.HIGHEST_PROTOCOL)))

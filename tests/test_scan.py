@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from pathlib import Path
 
@@ -30,6 +31,15 @@ def many_dirs(tmp_path: Path) -> Path:
             (d / "f1").write_bytes(b"")
     (root / "top").write_bytes(b"top")
     return root
+
+
+@pytest.fixture
+def manifest(tmp_path: Path) -> Path:
+    """A manifest with no baseline for the trees under test: every entry they hold is new."""
+    path = tmp_path / "m.db"
+    (tmp_path / "empty").mkdir()
+    assert integrityd("init", "-m", path, tmp_path / "empty").returncode == 0
+    return path
 
 
 def scan_job(command: Command, root: Path, manifest: Path) -> Job:
@@ -76,13 +86,9 @@ def rows(reports: list[Report]) -> list[tuple[object, ...]]:
 
 
 def test_tasks_go_on_into_subdirectories_within_their_budget(
-    many_dirs: Path, tmp_path: Path
+    many_dirs: Path, manifest: Path
 ) -> None:
     """One task per directory, one for the whole tree, or cut by entries: the same rows."""
-    manifest = tmp_path / "m.db"  # with no baseline for the tree: every entry is a row
-    (tmp_path / "empty").mkdir()
-    assert integrityd("init", "-m", manifest, tmp_path / "empty").returncode == 0
-
     single, walked = walk(many_dirs, manifest, budget_s=0, budget_entries=1)
     assert walked == [1] * DIRS
     whole, walked = walk(many_dirs, manifest, budget_s=3600, budget_entries=10**9)
@@ -102,16 +108,13 @@ def test_tasks_go_on_into_subdirectories_within_their_budget(
     ("subdirs", "tasks"), [(1, 1), (15, 1), (16, 2), (31, 3), (40, 4), (99, 4)]
 )
 def test_leftovers_go_back_as_a_few_tasks_of_several_directories(
-    tmp_path: Path, subdirs: int, tasks: int
+    tmp_path: Path, manifest: Path, subdirs: int, tasks: int
 ) -> None:
     """Up to HAND_BACK tasks of at least HAND_BACK_DIRS directories each, covering them all.
 
     Handing back one directory a task made three tasks in four walk a single directory of
     the benchmark's small corpus: a round trip through three processes for 50 files.
     """
-    manifest = tmp_path / "m.db"
-    (tmp_path / "empty").mkdir()
-    assert integrityd("init", "-m", manifest, tmp_path / "empty").returncode == 0
     root = tmp_path / "root"
     want = sorted(os.fsencode(root / f"d{i:02}") for i in range(subdirs))
     for d in want:
@@ -127,3 +130,51 @@ def test_leftovers_go_back_as_a_few_tasks_of_several_directories(
     assert len(spawned) == tasks
     assert sorted(p for t in spawned for p in t.paths) == want
     assert min(len(t.paths) for t in spawned) >= min(subdirs, HAND_BACK_DIRS)
+
+
+@pytest.mark.parametrize(("hungry", "tasks"), [(0, 0), (1, 2), (3, 4), (15, 5)])
+def test_idle_workers_get_a_share_of_a_walk_at_once(
+    many_dirs: Path, manifest: Path, hungry: int, tasks: int
+) -> None:
+    """With k workers waiting and no task queued, the walk is shared after one directory.
+
+    The budget here would let the task walk the whole tree. With workers waiting it hands
+    back the root's 5 subdirectories as k + 1 tasks (no more than there are directories)
+    and lowers the count by the shares it gave away, so that other workers do not also
+    split their walks for the same idle ones.
+    """
+    waiting = multiprocessing.RawValue("i", hungry)
+    job = scan_job("check", many_dirs, manifest)
+    scanner = Scanner(job, 1 << 16, budget_s=3600, budget_entries=10**9, hungry=waiting)
+    try:
+        spawned, report, walked = scanner.run(DirTask((os.fsencode(many_dirs),), 0))
+    finally:
+        scanner.close()
+    if not hungry:
+        assert (walked, spawned, report.files) == (DIRS, [], ROWS)
+        return
+    assert (walked, report.files) == (1, 6)  # the root: "top" and its 5 directories
+    assert all(isinstance(t, DirTask) and t.recursive for t in spawned)
+    assert len(spawned) == tasks
+    want = sorted(os.fsencode(many_dirs / f"d{i}") for i in range(5))
+    assert sorted(p for t in spawned for p in t.paths) == want
+    assert waiting.value == hungry - (tasks - 1)
+
+
+def test_a_single_directory_left_is_not_handed_to_an_idle_worker(
+    tmp_path: Path, manifest: Path
+) -> None:
+    """Handing over the one directory left gains nothing: the task walks on."""
+    chain = tmp_path / "chain"
+    deepest = chain.joinpath(*"abcdef")
+    deepest.mkdir(parents=True)
+    (deepest / "f").write_bytes(b"f")
+    waiting = multiprocessing.RawValue("i", 15)
+    job = scan_job("check", chain, manifest)
+    scanner = Scanner(job, 1 << 16, budget_s=3600, budget_entries=10**9, hungry=waiting)
+    try:
+        spawned, report, walked = scanner.run(DirTask((os.fsencode(chain),), 0))
+    finally:
+        scanner.close()
+    assert (walked, spawned, report.files) == (7, [], 7)
+    assert waiting.value == 15

@@ -367,7 +367,7 @@ def _device(path: bytes) -> int | None:
 
 def worker_main(  # noqa: PLR0917 - a Process passes its args by position
     conn: Connection,
-    hungry: Hunger,
+    hungry: Hunger | None,
     job: Job,
     chunk_size: int,
     max_rate: float | None,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 from integrityd.config import RootConfig
 from integrityd.events import Command, DirTask, Job, Report, Scope, Task
 from integrityd.manifest import journal_files
+from integrityd.pipeline import SharedCount
 from integrityd.scan import HAND_BACK_DIRS, Scanner
 
 from .conftest import integrityd
@@ -143,7 +143,8 @@ def test_idle_workers_get_a_share_of_a_walk_at_once(
     and lowers the count by the shares it gave away, so that other workers do not also
     split their walks for the same idle ones.
     """
-    waiting = multiprocessing.RawValue("i", hungry)
+    waiting = SharedCount()
+    waiting.value = hungry
     job = scan_job("check", many_dirs, manifest)
     scanner = Scanner(job, 1 << 16, budget_s=3600, budget_entries=10**9, hungry=waiting)
     try:
@@ -169,7 +170,8 @@ def test_a_single_directory_left_is_not_handed_to_an_idle_worker(
     deepest = chain.joinpath(*"abcdef")
     deepest.mkdir(parents=True)
     (deepest / "f").write_bytes(b"f")
-    waiting = multiprocessing.RawValue("i", 15)
+    waiting = SharedCount()
+    waiting.value = 15
     job = scan_job("check", chain, manifest)
     scanner = Scanner(job, 1 << 16, budget_s=3600, budget_entries=10**9, hungry=waiting)
     try:

@@ -50,8 +50,8 @@ class Hunger(Protocol):
 class SharedCount:
     """An int that forked children share with their parent: an anonymous shared mapping.
 
-    multiprocessing's RawValue does the same, but importing it (ctypes, tempfile, shutil)
-    cost 17 ms of a one-file check's start-up on the development VM.
+    multiprocessing's RawValue does the same, but brings ctypes into main and keeps its
+    arena in a temporary file in /dev/shm.
     """
 
     def __init__(self) -> None:

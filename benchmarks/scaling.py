@@ -54,6 +54,7 @@ def main() -> int:
     while counts[-1] * 2 <= args.max_workers:
         counts.append(counts[-1] * 2)
     w = counts[-1]
+    bench.compile_package()
     one = bench.one_core_sha256()
     ossl = openssl_speed(w)
     print(

@@ -132,6 +132,25 @@ def test_leftovers_go_back_as_a_few_tasks_of_several_directories(
     assert min(len(t.paths) for t in spawned) >= min(subdirs, HAND_BACK_DIRS)
 
 
+def walk_while_waiting(
+    root: Path, manifest: Path, waiting: int
+) -> tuple[list[Task], Report, int, int]:
+    """One task on ``root`` with a budget for the whole tree and ``waiting`` idle workers.
+
+    Returns what it handed back, its report, the directories it walked and the count of
+    waiting workers it left.
+    """
+    hungry = SharedCount()
+    hungry.value = waiting
+    job = scan_job("check", root, manifest)
+    scanner = Scanner(job, 1 << 16, budget_s=3600, budget_entries=10**9, hungry=hungry)
+    try:
+        spawned, report, walked = scanner.run(DirTask((os.fsencode(root),), 0))
+    finally:
+        scanner.close()
+    return spawned, report, walked, hungry.value
+
+
 @pytest.mark.parametrize(("hungry", "tasks"), [(0, 0), (1, 2), (3, 4), (15, 5)])
 def test_idle_workers_get_a_share_of_a_walk_at_once(
     many_dirs: Path, manifest: Path, hungry: int, tasks: int
@@ -143,14 +162,7 @@ def test_idle_workers_get_a_share_of_a_walk_at_once(
     and lowers the count by the shares it gave away, so that other workers do not also
     split their walks for the same idle ones.
     """
-    waiting = SharedCount()
-    waiting.value = hungry
-    job = scan_job("check", many_dirs, manifest)
-    scanner = Scanner(job, 1 << 16, budget_s=3600, budget_entries=10**9, hungry=waiting)
-    try:
-        spawned, report, walked = scanner.run(DirTask((os.fsencode(many_dirs),), 0))
-    finally:
-        scanner.close()
+    spawned, report, walked, left = walk_while_waiting(many_dirs, manifest, hungry)
     if not hungry:
         assert (walked, spawned, report.files) == (DIRS, [], ROWS)
         return
@@ -159,7 +171,7 @@ def test_idle_workers_get_a_share_of_a_walk_at_once(
     assert len(spawned) == tasks
     want = sorted(os.fsencode(many_dirs / f"d{i}") for i in range(5))
     assert sorted(p for t in spawned for p in t.paths) == want
-    assert waiting.value == hungry - (tasks - 1)
+    assert left == hungry - (tasks - 1)
 
 
 def test_a_single_directory_left_is_not_handed_to_an_idle_worker(
@@ -170,13 +182,6 @@ def test_a_single_directory_left_is_not_handed_to_an_idle_worker(
     deepest = chain.joinpath(*"abcdef")
     deepest.mkdir(parents=True)
     (deepest / "f").write_bytes(b"f")
-    waiting = SharedCount()
-    waiting.value = 15
-    job = scan_job("check", chain, manifest)
-    scanner = Scanner(job, 1 << 16, budget_s=3600, budget_entries=10**9, hungry=waiting)
-    try:
-        spawned, report, walked = scanner.run(DirTask((os.fsencode(chain),), 0))
-    finally:
-        scanner.close()
+    spawned, report, walked, left = walk_while_waiting(chain, manifest, 15)
     assert (walked, spawned, report.files) == (7, [], 7)
-    assert waiting.value == 15
+    assert left == 15

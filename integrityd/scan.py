@@ -145,14 +145,14 @@ class Scanner:
             or (
                 found.files < self.budget_entries
                 and time.monotonic() < deadline
-                and not (len(todo) > 1 and self._hungry())
+                and not (len(todo) > 1 and self._hungry(task.scope))
             )
         ):
             subdirs, files = self._directory(todo.pop(), task.scope, found)
             todo += subdirs
             spawned += files
             walked += 1
-        if len(todo) > 1 and (hungry := self._hungry()):
+        if len(todo) > 1 and (hungry := self._hungry(task.scope)):
             tasks = min(len(todo), hungry + 1)
             self._fed(tasks - 1)
         else:
@@ -160,9 +160,15 @@ class Scanner:
         spawned += (DirTask(tuple(todo[i::tasks]), task.scope) for i in range(tasks))
         return spawned, found.report(), walked
 
-    def _hungry(self) -> int:
-        """How many workers wait with no task queued for them (main's count; 0 if none)."""
-        return self.hungry.value if self.hungry is not None else 0
+    def _hungry(self, scope: int) -> int:
+        """How many workers wait with no task queued for them (main's count; 0 if none).
+
+        0 for a root limited to a few readers at once (a spinning disk): its tasks would
+        wait for that limit, not go to the idle workers.
+        """
+        if self.hungry is None or self.job.scopes[scope].root.workers:
+            return 0
+        return self.hungry.value
 
     def _fed(self, shares: int) -> None:
         # Only a hint, which main sets again after each dispatch: lowering it keeps the

@@ -42,13 +42,13 @@ def manifest(tmp_path: Path) -> Path:
     return path
 
 
-def scan_job(command: Command, root: Path, manifest: Path) -> Job:
-    """A job for one root, scanned from its top."""
+def scan_job(command: Command, root: Path, manifest: Path, readers: int | None = None) -> Job:
+    """A job for one root, scanned from its top (``readers``: the root's ``workers`` limit)."""
     start = os.fsencode(root)
     return Job(
         command=command,
         manifest=os.fsencode(manifest),
-        scopes=(Scope(RootConfig(path=start), start),),
+        scopes=(Scope(RootConfig(path=start, workers=readers), start),),
         skip=journal_files(os.fsencode(manifest)),
         json=True,
         progress=False,
@@ -133,7 +133,7 @@ def test_leftovers_go_back_as_a_few_tasks_of_several_directories(
 
 
 def walk_while_waiting(
-    root: Path, manifest: Path, waiting: int
+    root: Path, manifest: Path, waiting: int, readers: int | None = None
 ) -> tuple[list[Task], Report, int, int]:
     """One task on ``root`` with a budget for the whole tree and ``waiting`` idle workers.
 
@@ -142,7 +142,7 @@ def walk_while_waiting(
     """
     hungry = SharedCount()
     hungry.value = waiting
-    job = scan_job("check", root, manifest)
+    job = scan_job("check", root, manifest, readers)
     scanner = Scanner(job, 1 << 16, budget_s=3600, budget_entries=10**9, hungry=hungry)
     try:
         spawned, report, walked = scanner.run(DirTask((os.fsencode(root),), 0))
@@ -184,4 +184,11 @@ def test_a_single_directory_left_is_not_handed_to_an_idle_worker(
     (deepest / "f").write_bytes(b"f")
     spawned, report, walked, left = walk_while_waiting(chain, manifest, 15)
     assert (walked, spawned, report.files) == (7, [], 7)
+    assert left == 15
+
+
+def test_a_root_limited_to_one_reader_is_not_shared(many_dirs: Path, manifest: Path) -> None:
+    """A root read by one worker at a time (a spinning disk): idle workers cannot help."""
+    spawned, report, walked, left = walk_while_waiting(many_dirs, manifest, 15, readers=1)
+    assert (walked, spawned, report.files) == (DIRS, [], ROWS)
     assert left == 15

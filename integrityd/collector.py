@@ -286,12 +286,10 @@ class _Reported:
         )
         self.count += new
 
-    def pop(self, path: bytes) -> tuple[bytes, bytes, float] | None:
-        found = self.get(path)
-        if found is not None:
-            self._db.execute("DELETE FROM reported WHERE path = ?", (path,))
-            self.count -= 1
-        return found
+    def drop(self, path: bytes) -> None:
+        """Forget a path that ``get`` found."""
+        self._db.execute("DELETE FROM reported WHERE path = ?", (path,))
+        self.count -= 1
 
     def close(self) -> None:
         self._db.close()
@@ -365,7 +363,7 @@ class _Live:
         before = self.reported.get(path)
         if before is None or started < before[2]:
             return
-        self.reported.pop(path)
+        self.reported.drop(path)
         baseline = self.reader.lookup(path)
         if _digest(_recorded(baseline)) == before[0]:  # not when the change was accepted meanwhile
             self.emit(Finding("restored", path, baseline, baseline))

@@ -101,6 +101,7 @@ class Scanner:
         self.excluders = [Excluder(s.root.exclude) for s in job.scopes]
         self.attrs = [frozenset(s.root.check) for s in job.scopes]
         self.devices = [_device(s.start) if s.root.one_filesystem else None for s in job.scopes]
+        self.limited = [bool(s.root.workers) for s in job.scopes]  # a few readers at once
         # The walk of a root that stays on one filesystem asks once; other walks ask per
         # directory (a statfs() each, which cost 7 µs a directory on the development VM).
         self.clock = [
@@ -166,7 +167,7 @@ class Scanner:
         0 for a root limited to a few readers at once (a spinning disk): its tasks would
         wait for that limit, not go to the idle workers.
         """
-        if self.hungry is None or self.job.scopes[scope].root.workers:
+        if self.hungry is None or self.limited[scope]:
             return 0
         return self.hungry.value
 

@@ -14,6 +14,10 @@ from typing import Any
 
 import pytest
 
+from integrityd.config import RootConfig
+from integrityd.events import Command, Job, Scope
+from integrityd.manifest import journal_files
+
 DROP_DAC = (
     (
         "setpriv",
@@ -32,6 +36,19 @@ def integrityd(
     """Run the real CLI as a subprocess and capture its output."""
     cmd = [*prefix, sys.executable, "-m", "integrityd", *(os.fsdecode(a) for a in map(str, args))]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, **kw)
+
+
+def scan_job(command: Command, root: Path, manifest: Path, readers: int | None = None) -> Job:
+    """A job for one root, scanned from its top (``readers``: the root's ``workers`` limit)."""
+    start = os.fsencode(root)
+    return Job(
+        command=command,
+        manifest=os.fsencode(manifest),
+        scopes=(Scope(RootConfig(path=start, workers=readers), start),),
+        skip=journal_files(os.fsencode(manifest)),
+        json=True,
+        progress=False,
+    )
 
 
 def start(*args: object) -> subprocess.Popen[str]:

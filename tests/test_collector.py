@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 
 from integrityd.collector import _Live
-from integrityd.config import RootConfig
-from integrityd.events import Finding, Job, Report, Scope
-from integrityd.manifest import BaselineReader, journal_files
+from integrityd.events import Finding, Report
+from integrityd.manifest import BaselineReader
 
-from .conftest import integrityd
+from .conftest import integrityd, scan_job
 
 
 def report(started: float, findings: list[Finding], matched: list[bytes]) -> Report:
@@ -40,16 +39,7 @@ def test_older_news_of_a_reported_path_is_dropped(
     assert old is not None
     tampered = old._replace(sha256=b"t" * 32)
     older = old._replace(sha256=b"o" * 32)
-    start = os.fsencode(root)
-    job = Job(
-        command="watch",
-        manifest=os.fsencode(manifest),
-        scopes=(Scope(RootConfig(path=start), start),),
-        skip=journal_files(os.fsencode(manifest)),
-        json=True,
-        progress=False,
-    )
-    live = _Live(job)
+    live = _Live(scan_job("watch", root, manifest))
     try:
         live.report(report(20.0, [Finding("modified", path, old, tampered, ("content",))], []))
         live.report(report(10.0, [], [path]))  # the scan, begun before: as in the baseline

@@ -7,13 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from integrityd.config import RootConfig
-from integrityd.events import Command, DirTask, Job, Report, Scope, Task
-from integrityd.manifest import journal_files
+from integrityd.events import DirTask, Report, Task
 from integrityd.pipeline import SharedCount
 from integrityd.scan import HAND_BACK_DIRS, Scanner
 
-from .conftest import integrityd
+from .conftest import integrityd, scan_job
 
 DIRS = 31  # the root, 5 directories in it and 5 in each of those
 ROWS = (DIRS - 1) * 3 + 1  # a row for each directory but the root, two files in each, "top"
@@ -34,25 +32,11 @@ def many_dirs(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def manifest(tmp_path: Path) -> Path:
+def empty_manifest(manifest: Path, tmp_path: Path) -> Path:
     """A manifest with no baseline for the trees under test: every entry they hold is new."""
-    path = tmp_path / "m.db"
     (tmp_path / "empty").mkdir()
-    assert integrityd("init", "-m", path, tmp_path / "empty").returncode == 0
-    return path
-
-
-def scan_job(command: Command, root: Path, manifest: Path, readers: int | None = None) -> Job:
-    """A job for one root, scanned from its top (``readers``: the root's ``workers`` limit)."""
-    start = os.fsencode(root)
-    return Job(
-        command=command,
-        manifest=os.fsencode(manifest),
-        scopes=(Scope(RootConfig(path=start, workers=readers), start),),
-        skip=journal_files(os.fsencode(manifest)),
-        json=True,
-        progress=False,
-    )
+    assert integrityd("init", "-m", manifest, tmp_path / "empty").returncode == 0
+    return manifest
 
 
 def walk(
@@ -86,14 +70,14 @@ def rows(reports: list[Report]) -> list[tuple[object, ...]]:
 
 
 def test_tasks_go_on_into_subdirectories_within_their_budget(
-    many_dirs: Path, manifest: Path
+    many_dirs: Path, empty_manifest: Path
 ) -> None:
     """One task per directory, one for the whole tree, or cut by entries: the same rows."""
-    single, walked = walk(many_dirs, manifest, budget_s=0, budget_entries=1)
+    single, walked = walk(many_dirs, empty_manifest, budget_s=0, budget_entries=1)
     assert walked == [1] * DIRS
-    whole, walked = walk(many_dirs, manifest, budget_s=3600, budget_entries=10**9)
+    whole, walked = walk(many_dirs, empty_manifest, budget_s=3600, budget_entries=10**9)
     assert walked == [DIRS]
-    by_entries, walked = walk(many_dirs, manifest, budget_s=3600, budget_entries=9)
+    by_entries, walked = walk(many_dirs, empty_manifest, budget_s=3600, budget_entries=9)
     assert sum(walked) == DIRS
     assert 1 < len(by_entries) < DIRS
 
@@ -108,7 +92,7 @@ def test_tasks_go_on_into_subdirectories_within_their_budget(
     ("subdirs", "tasks"), [(1, 1), (15, 1), (16, 2), (31, 3), (40, 4), (99, 4)]
 )
 def test_leftovers_go_back_as_a_few_tasks_of_several_directories(
-    tmp_path: Path, manifest: Path, subdirs: int, tasks: int
+    tmp_path: Path, empty_manifest: Path, subdirs: int, tasks: int
 ) -> None:
     """Up to HAND_BACK tasks of at least HAND_BACK_DIRS directories each, covering them all.
 
@@ -120,7 +104,9 @@ def test_leftovers_go_back_as_a_few_tasks_of_several_directories(
     for d in want:
         os.makedirs(d)
     start = os.fsencode(root)
-    scanner = Scanner(scan_job("check", root, manifest), 1 << 16, budget_s=3600, budget_entries=1)
+    scanner = Scanner(
+        scan_job("check", root, empty_manifest), 1 << 16, budget_s=3600, budget_entries=1
+    )
     try:
         spawned, _, walked = scanner.run(DirTask((start,), 0))
     finally:
@@ -153,7 +139,7 @@ def walk_while_waiting(
 
 @pytest.mark.parametrize(("hungry", "tasks"), [(0, 0), (1, 2), (3, 4), (15, 5)])
 def test_idle_workers_get_a_share_of_a_walk_at_once(
-    many_dirs: Path, manifest: Path, hungry: int, tasks: int
+    many_dirs: Path, empty_manifest: Path, hungry: int, tasks: int
 ) -> None:
     """With k workers waiting and no task queued, the walk is shared after one directory.
 
@@ -162,7 +148,7 @@ def test_idle_workers_get_a_share_of_a_walk_at_once(
     and lowers the count by the shares it gave away, so that other workers do not also
     split their walks for the same idle ones.
     """
-    spawned, report, walked, left = walk_while_waiting(many_dirs, manifest, hungry)
+    spawned, report, walked, left = walk_while_waiting(many_dirs, empty_manifest, hungry)
     if not hungry:
         assert (walked, spawned, report.files) == (DIRS, [], ROWS)
         return
@@ -175,20 +161,20 @@ def test_idle_workers_get_a_share_of_a_walk_at_once(
 
 
 def test_a_single_directory_left_is_not_handed_to_an_idle_worker(
-    tmp_path: Path, manifest: Path
+    tmp_path: Path, empty_manifest: Path
 ) -> None:
     """Handing over the one directory left gains nothing: the task walks on."""
     chain = tmp_path / "chain"
     deepest = chain.joinpath(*"abcdef")
     deepest.mkdir(parents=True)
     (deepest / "f").write_bytes(b"f")
-    spawned, report, walked, left = walk_while_waiting(chain, manifest, 15)
+    spawned, report, walked, left = walk_while_waiting(chain, empty_manifest, 15)
     assert (walked, spawned, report.files) == (7, [], 7)
     assert left == 15
 
 
-def test_a_root_limited_to_one_reader_is_not_shared(many_dirs: Path, manifest: Path) -> None:
+def test_a_root_limited_to_one_reader_is_not_shared(many_dirs: Path, empty_manifest: Path) -> None:
     """A root read by one worker at a time (a spinning disk): idle workers cannot help."""
-    spawned, report, walked, left = walk_while_waiting(many_dirs, manifest, 15, readers=1)
+    spawned, report, walked, left = walk_while_waiting(many_dirs, empty_manifest, 15, readers=1)
     assert (walked, spawned, report.files) == (DIRS, [], ROWS)
     assert left == 15

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import random
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -151,15 +152,22 @@ def timed(cmd: str, rss: bool) -> tuple[float, int]:
     return elapsed, sum(peaks.values())
 
 
-def compile_package() -> None:
-    """Write integrityd's bytecode, as installing it does.
+INTEGRITYD = [sys.executable, "-P", "-m", "integrityd"]
+"""How the scripts start integrityd; ``use_package`` says which one that is."""
 
+
+def use_package() -> None:
+    """Make INTEGRITYD the package beside these scripts, byte-compiled as installing it is.
+
+    ``-P`` keeps ``python -m`` from putting the working directory first on sys.path, so
+    ``old/benchmarks/bench.py`` measures old's code wherever it is run from, and not
+    whatever ``integrityd`` lies in the working directory or is installed.
     A source checkout run with PYTHONDONTWRITEBYTECODE=1 (the development VM has it set)
     would otherwise compile every module on every start, 30-50 ms of each run.
     """
-    subprocess.run(
-        [sys.executable, "-m", "compileall", "-q", str(HERE.parent / "integrityd")], check=True
-    )
+    tree = str(HERE.parent)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [tree, os.environ.get("PYTHONPATH")]))
+    subprocess.run([sys.executable, "-m", "compileall", "-q", tree + "/integrityd"], check=True)
 
 
 def one_core_sha256() -> float:
@@ -186,7 +194,7 @@ def xargs(root: Path, workers: int, files: int) -> str:
 
 def commands(root: Path, work: Path, workers: int) -> dict[str, tuple[str, str | None]]:
     """Map tool name -> (timed command, setup command run before each timed run)."""
-    exe = f"{sys.executable} -m integrityd"
+    exe = shlex.join(INTEGRITYD)
     m = work / "m.db"
     w = workers
     find = xargs(root, w, corpus_files(root))
@@ -217,9 +225,8 @@ def commands(root: Path, work: Path, workers: int) -> dict[str, tuple[str, str |
 
 def prepare(root: Path, work: Path, workers: int) -> None:
     """Baselines the check-style tools need, made once outside the timing."""
-    exe = [sys.executable, "-m", "integrityd"]
     subprocess.run(
-        [*exe, "init", "-m", str(work / "m.db"), "--no-progress", str(root)],
+        [*INTEGRITYD, "init", "-m", str(work / "m.db"), "--no-progress", str(root)],
         check=True,
         stdout=subprocess.DEVNULL,
     )
@@ -247,7 +254,7 @@ def main() -> int:
     ap.add_argument("--only", default="", help="comma-separated tool name prefixes to run")
     args = ap.parse_args()
 
-    compile_package()
+    use_package()
     limit = one_core_sha256() * args.workers
     print(
         f"# {os.uname().nodename}: {args.workers} workers, "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -54,7 +55,7 @@ def main() -> int:
     while counts[-1] * 2 <= args.max_workers:
         counts.append(counts[-1] * 2)
     w = counts[-1]
-    bench.compile_package()
+    bench.use_package()
     one = bench.one_core_sha256()
     ossl = openssl_speed(w)
     print(
@@ -63,7 +64,7 @@ def main() -> int:
         if ossl
         else "openssl: not found"
     )
-    exe = f"{sys.executable} -m integrityd"
+    exe = shlex.join(bench.INTEGRITYD)
     # The fixed cost of a run (interpreter, forkserver, workers, manifest), measured on a
     # tree with one file, is shown separately: "net" rates leave it out.
     fixed: dict[int, float] = {}
@@ -72,7 +73,7 @@ def main() -> int:
         (Path(tmp) / "t" / "f").write_text("x")
         m = Path(tmp) / "m.db"
         subprocess.run(
-            [*exe.split(), "init", "-m", str(m), str(Path(tmp) / "t")],
+            [*bench.INTEGRITYD, "init", "-m", str(m), str(Path(tmp) / "t")],
             check=True,
             stdout=subprocess.DEVNULL,
         )
@@ -90,7 +91,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             m = Path(tmp) / "m.db"
             subprocess.run(
-                [*exe.split(), "init", "-m", str(m), "--no-progress", str(root)],
+                [*bench.INTEGRITYD, "init", "-m", str(m), "--no-progress", str(root)],
                 check=True,
                 stdout=subprocess.DEVNULL,
             )

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench  # the sibling script, for compile_package
+import bench  # the sibling script: which integrityd to run, and how
 
 HERE = Path(__file__).resolve().parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -118,7 +118,7 @@ class Daemon:
         self.sock.bind(str(self.sock_path))
         self.sock.settimeout(600)
         env = dict(os.environ, NOTIFY_SOCKET=str(self.sock_path))
-        cmd = [sys.executable, "-m", "integrityd", "watch", "-m", str(manifest), "-j", str(workers)]
+        cmd = [*bench.INTEGRITYD, "watch", "-m", str(manifest), "-j", str(workers)]
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
         )
@@ -291,7 +291,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=20261125)
     args = ap.parse_args()
 
-    bench.compile_package()
+    bench.use_package()
     t = time.monotonic()
     root = build(args.dir, args.files, args.dirs, args.seed)
     print(f"tree: {root} ({time.monotonic() - t:.1f} s to build or find)", file=sys.stderr)
@@ -300,7 +300,7 @@ def main() -> int:
         work = Path(tmp)
         manifest = work / "manifest.db"
         t = time.monotonic()
-        init = [sys.executable, "-m", "integrityd", "init", "-m", str(manifest), str(root)]
+        init = [*bench.INTEGRITYD, "init", "-m", str(manifest), str(root)]
         subprocess.run([*init, "--no-progress"], check=True, stdout=subprocess.DEVNULL)
         rows.append(("init (baseline)", f"{time.monotonic() - t:.2f} s"))
 

@@ -61,7 +61,8 @@ _TEMP = """
 CREATE TEMP TABLE findings (path BLOB NOT NULL, data TEXT NOT NULL);
 """
 
-Row = tuple[bytes, bytes, str, int, int, int, int, int, int, int, bytes | None, bytes | None]
+Blob = bytes | bytearray
+Row = tuple[Blob, Blob, str, int, int, int, int, int, int, int, Blob | None, Blob | None]
 """A manifest row as written: (parent, name, type, ..., sha256, target)."""
 
 Mode = Literal["read", "write", "create"]
@@ -70,6 +71,24 @@ Mode = Literal["read", "write", "create"]
 def journal_files(path: bytes) -> frozenset[bytes]:
     """The manifest and the files SQLite keeps beside it; never reported as changes."""
     return frozenset({path} | {path + s for s in (b"-wal", b"-shm", b"-journal")})
+
+
+def row(parent: bytearray, name: bytes, state: FileState) -> Row:
+    """The row that records ``state`` as the entry ``name`` in the directory ``parent``.
+
+    Its BLOB values are bytearrays: sqlite3 binds a bytearray as it is, but passes every
+    bytes value through an adapter first (see ``register_adapter`` above). The rows are
+    made by the hash workers and written by the one collector: for ``init`` of 100,000
+    small files on the development VM this cut the collector's CPU from 1.05 to 0.78 s
+    and cost the workers about 0.4 µs a row. ``parent`` is made once per directory by
+    the caller, so that a directory's rows share it (and pickle it once).
+    """
+    sha256, target = state.sha256, state.target
+    return (
+        parent, bytearray(name), *state[1:9],
+        None if sha256 is None else bytearray(sha256),
+        None if target is None else bytearray(target),
+    )  # fmt: skip
 
 
 def split(path: bytes) -> tuple[bytes, bytes]:

@@ -29,7 +29,7 @@ from integrityd.events import (
 )
 from integrityd.exclude import Excluder
 from integrityd.hashing import Hasher, failed, from_stat, settled_before
-from integrityd.manifest import BaselineReader, split
+from integrityd.manifest import BaselineReader, row, split
 from integrityd.pipeline import Hunger
 from integrityd.walk import Listing, list_dir, relative
 
@@ -64,6 +64,15 @@ class _Found:
         self.unreadable_dirs: list[tuple[bytes, str, str]] = []
         self.verified: list[tuple[bytes, bytes]] = []
         self.matched: list[bytes] = []
+        self._parent = b""
+        self._parent_blob = bytearray()
+
+    def write(self, key: tuple[bytes, bytes], state: FileState) -> None:
+        """Make ``state`` the baseline entry at ``key`` (parent, name)."""
+        parent, name = key
+        if parent != self._parent:  # one parent blob for all of a directory's rows
+            self._parent, self._parent_blob = parent, bytearray(parent)
+        self.rows.append(row(self._parent_blob, name, state))
 
     def report(self) -> Report:
         return Report(
@@ -313,7 +322,7 @@ class Scanner:
             return  # the common case: exactly as in the baseline
         if self.initialises and state.error_type is None:
             # init reports only what it cannot read: classifying the rest would be thrown away
-            found.rows.append((*key, *state[1:11]))
+            found.write(key, state)
             return
         old = FileState(state.path, *recorded) if recorded is not None else None  # type: ignore[arg-type]
         finding = classify(old, state, self.attrs[scope])
@@ -322,7 +331,7 @@ class Scanner:
         if finding is not None:  # for init, only "unreadable" comes this far
             found.findings.append(finding)
         if self.writes and state.error_type is None:
-            found.rows.append((*key, *state[1:11]))
+            found.write(key, state)
 
     def _removed(self, found: _Found, scope: int, old: FileState) -> None:
         root = self.job.scopes[scope].root.path

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sqlite3
 import subprocess
 import threading
 from pathlib import Path
@@ -68,6 +69,32 @@ def test_manifest_digests_match_sha256sum(tree: Path, manifest: Path) -> None:
             assert (
                 entry.sha256.hex() == expected[str(f)] == hashlib.sha256(f.read_bytes()).hexdigest()
             )
+
+
+def test_manifest_holds_blobs_byte_for_byte(tree: Path, manifest: Path) -> None:
+    """Names, parents, digests and link targets are stored as BLOBs, whichever run wrote them."""
+    odd = os.fsencode(tree) + b"/\xff odd"
+    os.symlink(b"target \xfe", odd)
+    init(manifest, tree)
+    (tree / "sub" / "new.txt").write_text("new\n")
+    os.symlink(b"elsewhere", os.fsencode(tree) + b"/link")
+    assert integrityd("accept", "-m", manifest, "--all").returncode == 0
+    db = sqlite3.connect(manifest)
+    types = db.execute(
+        "SELECT DISTINCT type, typeof(parent), typeof(name), typeof(sha256), typeof(target) "
+        "FROM files ORDER BY type"
+    ).fetchall()
+    assert types == [
+        ("dir", "blob", "blob", "null", "null"),
+        ("file", "blob", "blob", "blob", "null"),
+        ("symlink", "blob", "blob", "null", "blob"),
+    ]
+    rows = db.execute("SELECT parent, name, target FROM files WHERE type = 'symlink'").fetchall()
+    db.close()
+    assert sorted(rows) == [
+        (os.fsencode(tree), b"link", b"elsewhere"),
+        (os.fsencode(tree), b"\xff odd", b"target \xfe"),
+    ]
 
 
 def test_each_kind_and_exit_bit(tree: Path, manifest: Path) -> None:

@@ -66,7 +66,12 @@ def walk(
 
 
 def rows(reports: list[Report]) -> list[tuple[object, ...]]:
-    return sorted(row for r in reports for row in r.rows)
+    """Every row the reports would write, sorted, with its blobs as bytes."""
+    return sorted(
+        tuple(bytes(v) if isinstance(v, bytearray) else v for v in row)
+        for r in reports
+        for row in r.rows
+    )
 
 
 def test_tasks_go_on_into_subdirectories_within_their_budget(

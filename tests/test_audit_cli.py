@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -79,18 +80,19 @@ def test_manifest_holds_blobs_byte_for_byte(tree: Path, manifest: Path) -> None:
     (tree / "sub" / "new.txt").write_text("new\n")
     os.symlink(b"elsewhere", os.fsencode(tree) + b"/link")
     assert integrityd("accept", "-m", manifest, "--all").returncode == 0
-    db = sqlite3.connect(manifest)
-    types = db.execute(
-        "SELECT DISTINCT type, typeof(parent), typeof(name), typeof(sha256), typeof(target) "
-        "FROM files ORDER BY type"
-    ).fetchall()
+    with contextlib.closing(sqlite3.connect(manifest)) as db:
+        types = db.execute(
+            "SELECT DISTINCT type, typeof(parent), typeof(name), typeof(sha256), typeof(target) "
+            "FROM files ORDER BY type"
+        ).fetchall()
+        rows = db.execute(
+            "SELECT parent, name, target FROM files WHERE type = 'symlink'"
+        ).fetchall()
     assert types == [
         ("dir", "blob", "blob", "null", "null"),
         ("file", "blob", "blob", "blob", "null"),
         ("symlink", "blob", "blob", "null", "blob"),
     ]
-    rows = db.execute("SELECT parent, name, target FROM files WHERE type = 'symlink'").fetchall()
-    db.close()
     assert sorted(rows) == [
         (os.fsencode(tree), b"link", b"elsewhere"),
         (os.fsencode(tree), b"\xff odd", b"target \xfe"),

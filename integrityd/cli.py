@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import itertools
 import json
 import os
@@ -23,7 +24,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from integrityd import __version__
-from integrityd.errors import IntegritydError, Interrupted, UsageError
+from integrityd.errors import ConfigError, IntegritydError, Interrupted, UsageError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -345,22 +346,39 @@ def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
     raise Interrupted(signum)
 
 
-def _start_forkserver() -> None:
-    import multiprocessing.forkserver  # noqa: PLC0415 - only the daemon uses it
+def _start_forkserver() -> Callable[[], None]:
+    """Start the daemon's process server; return what removes the directory of its socket.
 
+    multiprocessing makes that directory in the temporary directory and removes it at
+    interpreter exit, which ``entry`` skips: every daemon stopped left one behind. Under
+    the systemd units, whose filesystem is read-only, there is no /tmp to write to:
+    they set TMPDIR, and without a usable one this is a config error, not a crash.
+    """
+    import multiprocessing.forkserver  # noqa: PLC0415 - only the daemon uses it
+    import multiprocessing.util  # noqa: PLC0415
+    import shutil  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    try:
+        tempfile.gettempdir()
+    except FileNotFoundError as e:
+        msg = f"{e.strerror}; set TMPDIR to a directory integrityd may write to"
+        raise ConfigError(msg) from None
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
     multiprocessing.forkserver.ensure_running()
+    return functools.partial(shutil.rmtree, multiprocessing.util.get_temp_dir(), ignore_errors=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code (findings bits, or a fatal code)."""
     signal.signal(signal.SIGINT, _raise_interrupted)
     signal.signal(signal.SIGTERM, _raise_interrupted)
+    clean_up: Callable[[], None] | None = None
     try:
         args = _parser().parse_args(argv)
         if args.func is _cmd_watch:
-            _start_forkserver()
+            clean_up = _start_forkserver()
         from integrityd import logsetup  # noqa: PLC0415 - see the module docstring
         from integrityd.config import LogConfig  # noqa: PLC0415
 
@@ -379,6 +397,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "internal_error", message=f"internal error: {e!r}", exit_code=19, exc_info=True
         )
         return 19
+    finally:
+        if clean_up is not None:
+            clean_up()
     return code
 
 

@@ -712,3 +712,55 @@ def test_watch_limit_is_detected_and_covered_by_scans(
     for d in dirs:
         wait_for(functools.partial(found, d / "new.txt"), 30, f"{d}/new.txt with its content")
     assert w.stop() == 0
+
+
+def test_the_daemon_leaves_nothing_in_the_temporary_directory(
+    tree: Path, manifest: Path, tmp_path: Path, watcher: Callable[..., Watcher]
+) -> None:
+    """The process server's socket lives in TMPDIR while the daemon runs, and goes with it."""
+    assert integrityd("init", "-m", manifest, tree).returncode == 0
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    w = watcher("-m", manifest, env={"TMPDIR": str(tmp)})
+    w.ready()
+    assert [p.name[:5] for p in tmp.iterdir()] == ["pymp-"]
+    assert w.stop() == 0
+    assert list(tmp.iterdir()) == []
+
+
+def _mount_namespace_works() -> bool:
+    return shutil.which("unshare") is not None and (
+        subprocess.run(["unshare", "-m", "true"], capture_output=True, check=False).returncode == 0
+    )
+
+
+# Mounts the whole filesystem read-only, as ProtectSystem=strict does, all but "$1".
+READ_ONLY_BUT = (
+    'd=$1; shift; mount --bind "$d" "$d" && mount --bind / / && mount -o remount,bind,ro / '
+    '&& exec "$@"'
+)
+
+
+@pytest.mark.skipif(not _mount_namespace_works(), reason="needs a mount namespace (root)")
+def test_under_a_read_only_filesystem_the_daemon_needs_tmpdir(
+    tree: Path, manifest: Path, tmp_path: Path, watcher: Callable[..., Watcher]
+) -> None:
+    """As under the systemd units: without TMPDIR a config error, with it a working daemon."""
+    assert integrityd("init", "-m", manifest, tree).returncode == 0
+    sandbox = ("unshare", "-m", "--propagation", "private", "sh", "-c", READ_ONLY_BUT, "sh")
+    no_tmp = ("env", "-u", "TMPDIR", "-u", "TEMP", "-u", "TMP")
+    r = integrityd("watch", "-m", manifest, prefix=(*sandbox, str(tmp_path), *no_tmp), timeout=60)
+    assert r.returncode == 17, r.stderr
+    [line] = r.stderr.splitlines()
+    error = json.loads(line)
+    assert error["error_type"] == "ConfigError"
+    assert error["message"].endswith("set TMPDIR to a directory integrityd may write to")
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    w = watcher("-m", manifest, env={"TMPDIR": str(tmp)}, prefix=(*sandbox, str(tmp_path)))
+    w.ready()
+    (tree / "a.txt").write_text("changed under a read-only filesystem\n")
+    w.wait("modified", tree / "a.txt")
+    assert w.stop() == 0
+    assert list(tmp.iterdir()) == []

@@ -366,7 +366,18 @@ def _start_forkserver() -> Callable[[], None]:
         raise ConfigError(msg) from None
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
-    multiprocessing.forkserver.ensure_running()
+    # The server ignores SIGINT itself; that it ignores SIGTERM too, it inherits from
+    # here (exec keeps an ignored signal ignored). A SIGTERM sent to the whole process
+    # group (KillMode=control-group, timeout(1), kill -- -PGID) killed it, and the daemon
+    # then reported its collector as dead. Blocked meanwhile, so that a SIGTERM for this
+    # process is not lost: a blocked signal stays pending even while ignored.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    handler = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     return functools.partial(shutil.rmtree, multiprocessing.util.get_temp_dir(), ignore_errors=True)
 
 

@@ -56,8 +56,11 @@ CHECKPOINT_S = 2.0  # verify commits its progress this often, so an interruption
 
 def run(data: Connection, ctl: Connection, job: Job) -> None:
     """Process entry point: report Ready, then Summary or Failed on ``ctl``."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process owns shutdown
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked child inherits main's handler
+    # The main process owns shutdown (closing its input, or SIGKILL); a signal sent to the
+    # whole process group (Ctrl-C, KillMode=control-group, timeout(1)) must not end us
+    # mid-task while main stops everything in order.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logsetup.configure(job.log)
     if job.command == "watch":
         _watch(data, ctl, job)

@@ -390,8 +390,11 @@ def worker_main(  # noqa: PLR0917 - a Process passes its args by position
     idle: bool,
 ) -> None:
     """Hash worker process: take tasks until the None sentinel or until main is gone."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process owns shutdown
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked child inherits main's handler
+    # The main process owns shutdown (a sentinel, or SIGKILL); a signal sent to the
+    # whole process group (Ctrl-C, KillMode=control-group, timeout(1)) must not end us
+    # mid-task while main stops everything in order.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logsetup.configure(job.log)
     if idle:
         _be_idle()

@@ -42,6 +42,7 @@ class Watcher:
         prefix: tuple[str, ...] = (),
         notify: bool = True,
         read_notes: bool = True,
+        new_session: bool = False,
     ) -> None:
         self.notes: list[str] = []
         self.events: list[Event] = []
@@ -62,7 +63,12 @@ class Watcher:
             *(os.fsdecode(str(a)) for a in args),
         ]
         self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=full_env,
+            start_new_session=new_session,
         )
         self._threads = [
             threading.Thread(target=self._lines, args=(self.proc.stdout, self.events)),
@@ -128,10 +134,16 @@ class Watcher:
         )
         return dict(hits[0])
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> int:
-        """Signal the daemon; it must exit within ``timeout`` and leave no process behind."""
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0, group: bool = False) -> int:
+        """Signal the daemon; it must exit within ``timeout`` and leave no process behind.
+
+        ``group``: signal its whole process group (it must have a ``new_session``).
+        """
         children = descendants(self.proc.pid)
-        self.proc.send_signal(sig)
+        if group:
+            os.killpg(self.proc.pid, sig)
+        else:
+            self.proc.send_signal(sig)
         start = time.monotonic()
         code = self.proc.wait(timeout=timeout + 5)
         took = time.monotonic() - start
@@ -764,3 +776,21 @@ def test_under_a_read_only_filesystem_the_daemon_needs_tmpdir(
     w.wait("modified", tree / "a.txt")
     assert w.stop() == 0
     assert list(tmp.iterdir()) == []
+
+
+def test_sigterm_to_the_whole_process_group_stops_the_daemon_in_order(
+    tree: Path, manifest: Path, watcher: Callable[..., Watcher]
+) -> None:
+    """As KillMode=control-group and timeout(1) send it: exit 0, its summary, no error.
+
+    The process server, the collector and the workers get the signal too; they leave
+    the stopping to the daemon, which stops them in order.
+    """
+    assert integrityd("init", "-m", manifest, tree).returncode == 0
+    w = watcher("-m", manifest, "--json", new_session=True)
+    w.ready()
+    w.scanned()
+    assert len(descendants(w.proc.pid)) >= 3  # the process server, the collector, a worker
+    assert w.stop(group=True) == 0
+    assert [e["event"] for e in w.logs if e["level"] in ("warning", "error")] == []
+    assert [e["event"]["action"] for e in w.events] == ["summary"]

@@ -33,6 +33,7 @@ from .conftest import (
 )
 
 BIG = 2 << 30  # 2 GiB of holes: about a second of hashing, no disk space
+READ_SINCE_OPEN = 64 << 20  # more than any other file in the tree, far less than BIG
 
 
 @pytest.fixture
@@ -48,17 +49,37 @@ def dump(manifest: Path) -> list[tuple[object, ...]]:
         return c.execute("SELECT * FROM files ORDER BY parent, name").fetchall()
 
 
+def _bytes_read(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            return int(next(line for line in f if line.startswith("rchar:")).split()[1])
+    except (OSError, StopIteration):
+        return -1
+
+
 def hashing_pid(
     proc: subprocess.Popen[str], big: Path, exclude: frozenset[int] = frozenset()
 ) -> int:
-    """Wait until a worker of ``proc`` has ``big`` open; return its pid."""
-    return int(
-        wait_for(
-            lambda: (pid := holder_of(big, descendants(proc.pid) - exclude)) and pid,
-            timeout=60,
-            what=f"a worker to open {big}",
-        )
-    )
+    """Wait until a worker of ``proc`` is hashing ``big``; return its pid.
+
+    Having it open is not enough: the worker that lists its directory opens it too, for
+    one read and an fstat(), before handing it to a task of its own. A kill in that
+    instant hits the directory's task, not the file's. So the same worker must have read
+    READ_SINCE_OPEN bytes while holding it, which only hashing ``big`` itself does.
+    """
+    first_seen: dict[int, int] = {}
+
+    def hashing() -> int | None:
+        pid = holder_of(big, descendants(proc.pid) - exclude)
+        if pid is None:
+            return None
+        read = _bytes_read(pid)
+        if read < 0:
+            return None  # gone already
+        start = first_seen.setdefault(pid, read)
+        return pid if read - start >= READ_SINCE_OPEN else None
+
+    return int(wait_for(hashing, timeout=60, what=f"a worker to hash {big}"))
 
 
 def finish(proc: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:

@@ -34,7 +34,17 @@ sqlite3.register_adapter(bytes, bytes)
 sqlite3.register_adapter(type(None), lambda _: None)
 
 APPLICATION_ID = int.from_bytes(b"ITGD", "big")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Each step takes a manifest from the version before it to this one, all steps in one
+# transaction: an interrupted upgrade leaves the old manifest as it was. Each step is
+# (the change, a query that finds a row it would change).
+_MIGRATIONS: dict[int, tuple[str, str]] = {
+    # 2: the entry of a root of "/" moves from ("/", "") to ("", "/") (see ``split``).
+    2: (
+        "UPDATE files SET parent = x'', name = x'2f' WHERE parent = x'2f' AND name = x''",
+        "SELECT 1 FROM files WHERE parent = x'2f' AND name = x''",
+    ),
+}
 LOCK_TIMEOUT_S = 3.0
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _STATE = "type, size, mtime_ns, ctime_ns, inode, mode, uid, gid, sha256, target"
@@ -92,14 +102,22 @@ def row(parent: bytearray, name: bytes, state: FileState) -> Row:
 
 
 def split(path: bytes) -> tuple[bytes, bytes]:
-    """(parent, name) of an absolute, normalised path; ``/`` itself is (``/``, ``""``)."""
+    """(parent, name) of an absolute, normalised path; ``/`` itself is (``""``, ``/``).
+
+    ``/`` has no parent: stored under its own name as a child of ``/`` (as schema 1 did,
+    with the name ``""``), it was listed among its own entries and read as removed.
+    """
+    if path == b"/":
+        return b"", b"/"
     parent, name = os.path.split(path)
     return parent, name
 
 
 def join(parent: bytes, name: bytes) -> bytes:
     """Inverse of ``split``."""
-    return parent.rstrip(b"/") + b"/" + name if name else parent
+    if not parent:
+        return name
+    return parent.rstrip(b"/") + b"/" + name
 
 
 _IN_LIMIT = 500  # names per IN (...): far below SQLite's limit on bound parameters
@@ -202,7 +220,42 @@ class ManifestStore:
         if version > SCHEMA_VERSION:
             msg = f"manifest {os.fsdecode(self.path)} was written by a newer integrityd"
             raise ManifestCorrupt(f"{msg} (schema {version} > {SCHEMA_VERSION})")
+        if version < SCHEMA_VERSION:
+            self._upgrade(version)
         _run_script(c, _TEMP)
+
+    def _upgrade(self, version: int) -> None:
+        """Bring a manifest of an older schema up to date, in a transaction of its own.
+
+        Committed before the run's own transaction begins, so that the workers' readers,
+        which open the manifest after this, see the upgraded rows. A reader that may not
+        write the file goes on with the old schema where no step would change a row.
+        """
+        c = self._conn
+        c.execute("COMMIT")
+        try:
+            c.execute("BEGIN IMMEDIATE")
+            version = c.execute("PRAGMA user_version").fetchone()[0]  # maybe upgraded meanwhile
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                c.execute(_MIGRATIONS[step][0])
+            c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            c.execute("COMMIT")
+        except sqlite3.OperationalError as e:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            if self.writable or "readonly" not in str(e).replace(" ", ""):
+                raise
+            c.execute("BEGIN")
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                if c.execute(_MIGRATIONS[step][1]).fetchone():
+                    msg = (
+                        f"manifest {os.fsdecode(self.path)} needs an upgrade from schema "
+                        f"{version} to {SCHEMA_VERSION}, and this user may not write it; "
+                        "run integrityd once as a user who may"
+                    )
+                    raise ManifestError(msg) from None
+            return
+        c.execute("BEGIN IMMEDIATE" if self.writable else "BEGIN")
 
     def __enter__(self) -> Self:
         return self

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import fcntl
 import logging
 import math
@@ -39,7 +38,7 @@ from types import FrameType
 from watchdog.observers.api import ObservedWatch
 from watchdog.observers.inotify import InotifyObserver
 
-from integrityd import audit, collector, config, configfile, logsetup, scan
+from integrityd import audit, collector, config, configfile, logsetup, scan, watchplan
 from integrityd.config import Config
 from integrityd.errors import IntegritydError, ManifestLocked, RootError
 from integrityd.events import DirTask, FileTask, Job, LiveStats, Ping, Scope, Task
@@ -56,9 +55,9 @@ from integrityd.watch import (
     LostEvents,
     Routes,
     queue_limit,
-    watch_count,
     watch_limit,
 )
+from integrityd.watchplan import out_of_watches, process_watch_count
 
 log = logsetup.get_logger()
 
@@ -123,7 +122,9 @@ class Daemon:
         self.changes = Changes(cfg.watch.settle, cfg.watch.max_pending, self._wake)
         self.job: Job | None = None
         self.active: set[int] = set()  # scope indices being watched; removed ones keep theirs
-        self.watches: dict[int, ObservedWatch] = {}
+        self.watches: dict[int, dict[bytes, ObservedWatch]] = {}  # per root, by directory
+        self.split: dict[bytes, int] = {}  # directories watched alone, by root: see watchplan
+        self.unwatched: dict[int, int] = {}  # directories no watch covers, by root
         self.missing: set[int] = set()  # roots that vanished: watched again when back
         self.observer: InotifyObserver | None = None
         self.handler: Handler | None = None
@@ -203,13 +204,12 @@ class Daemon:
         self.pool.add_reader(self.wake_r, self._drain)
         self.handler = Handler(self.changes, self._routes())
         self._start_observer()
-        self._check_limits()
         self.notifier.send(READY=1, STATUS=self._status())
         log.info(
             "watching",
             message=f"watching {len(scopes)} roots with {self.workers} workers",
             roots=[os.fsdecode(s.start) for s in scopes],
-            watches=watch_count(),
+            watches=process_watch_count(),
         )
         self._start_scan("startup", self.active)
         self._loop()
@@ -298,27 +298,90 @@ class Daemon:
         self.observer = InotifyObserver(generate_full_events=True)
         self.observer.start()
         self.watches = {}
+        self.split = {}
         for i in sorted(self.active):
             self._watch(i)
 
     def _watch(self, i: int) -> None:
-        assert self.observer is not None and self.handler is not None and self.job is not None
-        path = os.fsdecode(self.job.scopes[i].start)
-        try:
-            self.watches[i] = self.observer.schedule(
-                self.handler, path, recursive=True, event_filter=EVENT_FILTER
-            )
-        except OSError as e:
-            gone = e.errno == errno.ENOENT
+        """Watch root ``i`` as ``watchplan`` says: within the kernel's limit, shallow first."""
+        assert self.job is not None
+        scope = self.job.scopes[i]
+        path = os.fsdecode(scope.start)
+        if not os.path.isdir(scope.start):
             log.error(
                 "watch_failed",
-                message=f"cannot watch {path}: {e.strerror}; "
-                + ("watching it again once it is back" if gone else "only scans will cover it"),
+                message=f"cannot watch {path}: No such directory; "
+                "watching it again once it is back",
                 root=path,
             )
-            if gone:
-                self.missing.add(i)
+            self.missing.add(i)
             self.degraded = True
+            return
+        self.watches[i] = {}
+        self.unwatched[i] = 0
+        self._plan(i, scope.start)
+
+    def _plan(self, i: int, start: bytes) -> None:
+        """Watch ``start`` (a root, or a directory new below one) as far as the limit allows."""
+        assert self.job is not None
+        root = self.job.scopes[i].root
+        limit = watch_limit()
+        plan = watchplan.plan(
+            root.path,
+            start,
+            root.exclude,
+            self.job.skip,
+            one_filesystem=root.one_filesystem,
+            budget=(1 << 62) if limit is None else limit - watchplan.user_watch_count(),
+            groups=watchplan.MAX_GROUPS - sum(map(len, self.watches.values())),
+        )
+        missed = plan.unwatched
+        for directory, recursive, size in plan.watches:
+            if not self._schedule(i, directory, recursive=recursive):
+                missed += size
+        if missed:
+            self.unwatched[i] += missed
+            self._unwatched(i, plan.directories, missed, limit)
+
+    def _schedule(self, i: int, directory: bytes, *, recursive: bool) -> bool:
+        """Schedule one watch of root ``i``; False if the kernel's limits refused it."""
+        assert self.observer is not None and self.handler is not None
+        try:
+            watch = self.observer.schedule(
+                self.handler, os.fsdecode(directory), recursive=recursive, event_filter=EVENT_FILTER
+            )
+        except OSError as e:
+            if not out_of_watches(e):
+                return True  # gone or unreadable meanwhile: the scan reports what it is
+            if recursive:  # more watches are taken than the plan counted: this one alone
+                return self._schedule(i, directory, recursive=False)
+            return False
+        self.watches[i][directory] = watch
+        if not recursive:
+            self.split[directory] = i
+        return True
+
+    def _rewatch_dir(self, i: int, directory: bytes) -> bool:
+        """Watch anew a directory below one watched alone; True if it is to be scanned.
+
+        Called for each event on such a directory's own path: it may have been deleted,
+        renamed, or replaced by another of the same name (whose inode number may well be
+        the same), and a stale watch would leave it unwatched. Dropping the watch and
+        planning again costs a walk of the directory, and attribute changes of these few
+        directories are rare.
+        """
+        assert self.job is not None
+        if directory == self.job.scopes[i].start or os.path.dirname(directory) not in self.split:
+            return False
+        watch = self.watches[i].pop(directory, None)
+        self.split.pop(directory, None)
+        if watch is not None and self.observer is not None:
+            with contextlib.suppress(KeyError):
+                self.observer.unschedule(watch)
+        if not os.path.isdir(directory) or os.path.islink(directory):
+            return False
+        self._plan(i, directory)
+        return True
 
     def _stop_observer(self) -> None:
         if self.observer is not None:
@@ -330,20 +393,20 @@ class Daemon:
                 self.observer_stopping = False
             self.observer = None
 
-    def _check_limits(self) -> None:
-        """Warn at once when the watch limit is reached; the scans' count confirms it later."""
-        held, limit = watch_count(), watch_limit()
-        if limit is not None and held >= limit:
-            self._unwatched(held, None, limit)
-
-    def _unwatched(self, held: int, dirs: int | None, limit: int | None) -> None:
+    def _unwatched(
+        self, i: int | None, dirs: int | None, unwatched: int | None, limit: int | None
+    ) -> None:
         self.degraded = True
+        root = None if i is None or self.job is None else os.fsdecode(self.job.scopes[i].start)
         log.warning(
             "watches_missing",
-            message="some directories cannot be watched (fs.inotify.max_user_watches); "
-            f"changes there are found by a scan every {DEGRADED_RESCAN_S:.0f} s",
-            watches=held,
+            message=f"{unwatched if unwatched is not None else 'some'} directories cannot be "
+            "watched (fs.inotify.max_user_watches); changes there are found by a scan every "
+            f"{DEGRADED_RESCAN_S:.0f} s",
+            root=root,
+            watches=process_watch_count(),
             directories=dirs,
+            unwatched=unwatched,
             max_user_watches=limit,
         )
 
@@ -351,7 +414,7 @@ class Daemon:
         if self.observer is None or not self.observer.is_alive():
             return False
         emitters = {e.watch for e in self.observer.emitters if e.is_alive()}
-        return all(w in emitters for w in self.watches.values())
+        return all(w in emitters for ws in self.watches.values() for w in ws.values())
 
     def _restart_observer(self) -> None:
         missing = [
@@ -414,7 +477,11 @@ class Daemon:
             root = self.job.scopes[i].root.path
             if kind == FILE:
                 files[i].append(path)
+                if path in self.watches[i] and self._rewatch_dir(i, path):
+                    self.pool.submit(DirTask((path,), i, recursive=True), urgent=True)
             elif covers(root, path):
+                if kind == TREE:  # watched before it is scanned: no change falls between
+                    self._rewatch_dir(i, path)
                 self.pool.submit(DirTask((path,), i, recursive=kind == TREE), urgent=True)
             else:
                 files[i].append(root)  # folded from the root's own entry into its parent
@@ -526,9 +593,9 @@ class Daemon:
             directories=dirs,
         )
         self.scan = None
-        held = watch_count()
-        if held < dirs:  # every directory walked should hold a watch
-            self._unwatched(held, dirs, watch_limit())
+        held = process_watch_count()
+        if held < dirs - sum(self.unwatched.values()):  # every directory walked should hold one
+            self._unwatched(None, dirs, None, watch_limit())
 
     # -- reload --------------------------------------------------------------------------
 
@@ -579,9 +646,11 @@ class Daemon:
         self.pool.reconfigure(self.job)
         self.handle.send(self.job)
         for i in removed:
-            watch = self.watches.pop(i, None)
-            if watch is not None and self.observer is not None:
-                self.observer.unschedule(watch)
+            for watch in self.watches.pop(i, {}).values():
+                if self.observer is not None:
+                    self.observer.unschedule(watch)
+            self.split = {d: k for d, k in self.split.items() if k != i}
+            self.unwatched.pop(i, None)
         self.active = keep | added
         self.pool.discard(removed)
         self.changes.drop(removed)

@@ -279,20 +279,6 @@ class LostEvents(logging.Handler):
             self._forward(record)
 
 
-def watch_count() -> int:
-    """Inotify watches this process holds, as the kernel counts them (/proc/self/fdinfo)."""
-    count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify":
-                continue
-            with open(f"/proc/self/fdinfo/{fd}") as f:
-                count += sum(line.startswith("inotify wd:") for line in f)
-        except OSError:
-            continue  # closed meanwhile
-    return count
-
-
 def watch_limit() -> int | None:
     """The lowest inotify watch limit that applies (system-wide, and this user namespace's)."""
     paths = ("/proc/sys/fs/inotify/max_user_watches", "/proc/sys/user/max_inotify_watches")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
+import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -173,3 +177,161 @@ def tree(tmp_path: Path) -> Path:
 def manifest(tmp_path: Path) -> Path:
     """Where the test's manifest lives (outside the tree)."""
     return tmp_path / "state" / "manifest.db"
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+Event = dict[str, Any]
+
+
+class Watcher:
+    """A running daemon: its events, log lines and sd_notify messages, collected as they come."""
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        *args: object,
+        env: dict[str, str] | None = None,
+        prefix: tuple[str, ...] = (),
+        notify: bool = True,
+        read_notes: bool = True,
+        new_session: bool = False,
+    ) -> None:
+        self.notes: list[str] = []
+        self.events: list[Event] = []
+        self.logs: list[Event] = []
+        self.sock: socket.socket | None = None
+        full_env = dict(os.environ) | (env or {})
+        if notify:
+            path = str(tmp_path / f"notify-{time.monotonic_ns()}.sock")
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self.sock.bind(path)
+            full_env["NOTIFY_SOCKET"] = path
+        cmd = [
+            *prefix,
+            sys.executable,
+            "-m",
+            "integrityd",
+            "watch",
+            *(os.fsdecode(str(a)) for a in args),
+        ]
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=full_env,
+            start_new_session=new_session,
+        )
+        self._threads = [
+            threading.Thread(target=self._lines, args=(self.proc.stdout, self.events)),
+            threading.Thread(target=self._lines, args=(self.proc.stderr, self.logs)),
+        ]
+        if self.sock is not None and read_notes:
+            self._threads.append(threading.Thread(target=self._notes))
+        for t in self._threads:
+            t.daemon = True
+            t.start()
+
+    @staticmethod
+    def _lines(stream: Any, out: list[Event]) -> None:
+        for line in stream:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                out.append({"event": "not-json", "line": line})
+
+    def _notes(self) -> None:
+        assert self.sock is not None
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except OSError:
+                return
+            self.notes.extend(data.decode().split("\n"))
+
+    def ready(self, timeout: float = 30) -> None:
+        """Wait for READY=1; the daemon must still be running."""
+        wait_for(lambda: "READY=1" in self.notes or self.proc.poll() is not None, timeout, "READY")
+        assert self.proc.poll() is None, self.logs
+
+    def log(self, name: str, timeout: float = 30, count: int = 1) -> Event:
+        """Wait for the ``count``-th log line named ``name``; return it."""
+        hits = wait_for(
+            lambda: (
+                (h := [e for e in self.logs if e.get("event") == name]) and len(h) >= count and h
+            ),
+            timeout,
+            f"log event {name!r}",
+        )
+        return dict(hits[count - 1])
+
+    def scanned(self, count: int = 1) -> None:
+        """Wait until the ``count``-th full scan has finished."""
+        self.log("scan_finished", count=count)
+
+    def findings(self) -> list[tuple[str, str]]:
+        """(action, path) of every finding so far."""
+        return [(e["event"]["action"], e["file"]["path"]) for e in list(self.events) if "file" in e]
+
+    def wait(self, action: str, path: Path | str, timeout: float = 20) -> Event:
+        """Wait for a finding; return its event."""
+        hits = wait_for(
+            lambda: [
+                e
+                for e in list(self.events)
+                if e.get("event", {}).get("action") == action and e["file"]["path"] == str(path)
+            ],
+            timeout,
+            f"{action} {path}",
+        )
+        return dict(hits[0])
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0, group: bool = False) -> int:
+        """Signal the daemon; it must exit within ``timeout`` and leave no process behind.
+
+        ``group``: signal its whole process group (it must have a ``new_session``).
+        """
+        children = descendants(self.proc.pid)
+        if group:
+            os.killpg(self.proc.pid, sig)
+        else:
+            self.proc.send_signal(sig)
+        start = time.monotonic()
+        code = self.proc.wait(timeout=timeout + 5)
+        took = time.monotonic() - start
+        assert took < timeout, f"took {took:.1f} s to stop"
+        wait_for(lambda: not any(alive(p) for p in children), 5, "no process left")
+        for t in self._threads[:2]:
+            t.join(5)
+        assert [e for e in self.logs if e.get("event") == "not-json"] == [], "stderr: JSON only"
+        return code
+
+    def close(self) -> None:
+        """Kill the daemon if a failed test left it running."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        for t in self._threads[:2]:
+            t.join(5)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+        if self.sock is not None:
+            self.sock.close()
+
+
+@pytest.fixture
+def watcher(tmp_path: Path) -> Iterator[Callable[..., Watcher]]:
+    started: list[Watcher] = []
+
+    def make(*args: object, **kw: Any) -> Watcher:
+        w = Watcher(tmp_path, *args, **kw)
+        started.append(w)
+        return w
+
+    yield make
+    for w in started:
+        w.close()

@@ -8,7 +8,6 @@ never sleeps) for the exact JSON events on stdout.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import mmap
 import os
@@ -16,170 +15,26 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import alive, descendants, holder_of, integrityd, sparse, wait_for
+from integrityd.watchplan import process_watch_count
 
-Event = dict[str, Any]
-
-
-class Watcher:
-    """A running daemon: its events, log lines and sd_notify messages, collected as they come."""
-
-    def __init__(
-        self,
-        tmp_path: Path,
-        *args: object,
-        env: dict[str, str] | None = None,
-        prefix: tuple[str, ...] = (),
-        notify: bool = True,
-        read_notes: bool = True,
-        new_session: bool = False,
-    ) -> None:
-        self.notes: list[str] = []
-        self.events: list[Event] = []
-        self.logs: list[Event] = []
-        self.sock: socket.socket | None = None
-        full_env = dict(os.environ) | (env or {})
-        if notify:
-            path = str(tmp_path / f"notify-{time.monotonic_ns()}.sock")
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            self.sock.bind(path)
-            full_env["NOTIFY_SOCKET"] = path
-        cmd = [
-            *prefix,
-            sys.executable,
-            "-m",
-            "integrityd",
-            "watch",
-            *(os.fsdecode(str(a)) for a in args),
-        ]
-        self.proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=full_env,
-            start_new_session=new_session,
-        )
-        self._threads = [
-            threading.Thread(target=self._lines, args=(self.proc.stdout, self.events)),
-            threading.Thread(target=self._lines, args=(self.proc.stderr, self.logs)),
-        ]
-        if self.sock is not None and read_notes:
-            self._threads.append(threading.Thread(target=self._notes))
-        for t in self._threads:
-            t.daemon = True
-            t.start()
-
-    @staticmethod
-    def _lines(stream: Any, out: list[Event]) -> None:
-        for line in stream:
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                out.append({"event": "not-json", "line": line})
-
-    def _notes(self) -> None:
-        assert self.sock is not None
-        while True:
-            try:
-                data = self.sock.recv(4096)
-            except OSError:
-                return
-            self.notes.extend(data.decode().split("\n"))
-
-    def ready(self, timeout: float = 30) -> None:
-        """Wait for READY=1; the daemon must still be running."""
-        wait_for(lambda: "READY=1" in self.notes or self.proc.poll() is not None, timeout, "READY")
-        assert self.proc.poll() is None, self.logs
-
-    def log(self, name: str, timeout: float = 30, count: int = 1) -> Event:
-        """Wait for the ``count``-th log line named ``name``; return it."""
-        hits = wait_for(
-            lambda: (
-                (h := [e for e in self.logs if e.get("event") == name]) and len(h) >= count and h
-            ),
-            timeout,
-            f"log event {name!r}",
-        )
-        return dict(hits[count - 1])
-
-    def scanned(self, count: int = 1) -> None:
-        """Wait until the ``count``-th full scan has finished."""
-        self.log("scan_finished", count=count)
-
-    def findings(self) -> list[tuple[str, str]]:
-        """(action, path) of every finding so far."""
-        return [(e["event"]["action"], e["file"]["path"]) for e in list(self.events) if "file" in e]
-
-    def wait(self, action: str, path: Path | str, timeout: float = 20) -> Event:
-        """Wait for a finding; return its event."""
-        hits = wait_for(
-            lambda: [
-                e
-                for e in list(self.events)
-                if e.get("event", {}).get("action") == action and e["file"]["path"] == str(path)
-            ],
-            timeout,
-            f"{action} {path}",
-        )
-        return dict(hits[0])
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0, group: bool = False) -> int:
-        """Signal the daemon; it must exit within ``timeout`` and leave no process behind.
-
-        ``group``: signal its whole process group (it must have a ``new_session``).
-        """
-        children = descendants(self.proc.pid)
-        if group:
-            os.killpg(self.proc.pid, sig)
-        else:
-            self.proc.send_signal(sig)
-        start = time.monotonic()
-        code = self.proc.wait(timeout=timeout + 5)
-        took = time.monotonic() - start
-        assert took < timeout, f"took {took:.1f} s to stop"
-        wait_for(lambda: not any(alive(p) for p in children), 5, "no process left")
-        for t in self._threads[:2]:
-            t.join(5)
-        assert [e for e in self.logs if e.get("event") == "not-json"] == [], "stderr: JSON only"
-        return code
-
-    def close(self) -> None:
-        """Kill the daemon if a failed test left it running."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        for t in self._threads[:2]:
-            t.join(5)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
-        if self.sock is not None:
-            self.sock.close()
-
-
-@pytest.fixture
-def watcher(tmp_path: Path) -> Iterator[Callable[..., Watcher]]:
-    started: list[Watcher] = []
-
-    def make(*args: object, **kw: Any) -> Watcher:
-        w = Watcher(tmp_path, *args, **kw)
-        started.append(w)
-        return w
-
-    yield make
-    for w in started:
-        w.close()
+from .conftest import (
+    Event,
+    Watcher,
+    alive,
+    descendants,
+    holder_of,
+    integrityd,
+    sha,
+    sparse,
+    wait_for,
+)
 
 
 def started(tree: Path, manifest: Path, watcher: Callable[..., Watcher], *args: object) -> Watcher:
@@ -195,10 +50,6 @@ def state_of(e: Event) -> tuple[str | None, str | None]:
     """(path, content digest) an event reports; None where it has none."""
     f = e.get("file", {})
     return f.get("path"), f.get("hash", {}).get("sha256")
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def config(
@@ -724,6 +575,70 @@ def test_watch_limit_is_detected_and_covered_by_scans(
     for d in dirs:
         wait_for(functools.partial(found, d / "new.txt"), 30, f"{d}/new.txt with its content")
     assert w.stop() == 0
+
+
+@pytest.mark.skipif(not _unshare_works(), reason="needs unprivileged user namespaces")
+def test_over_the_watch_limit_the_upper_levels_stay_real_time(
+    tree: Path, manifest: Path, tmp_path: Path, watcher: Callable[..., Watcher]
+) -> None:
+    """3 watches for 7 directories: the root and the first two of depth 1 are watched.
+
+    watchdog 7.1 drops a whole recursive watch that reaches the limit; the daemon plans
+    its own watches instead. With rescan_interval 1h no scan comes during the test (600 s
+    while degraded), so what is found after the catch-up scan came from a watch.
+    """
+    for i in range(4):
+        (tree / f"extra{i}").mkdir()
+    assert integrityd("init", "-m", manifest, tree).returncode == 0
+    cfg = config(tmp_path, manifest, tree, rescan_interval="1h")
+    shell = 'echo 3 > /proc/sys/user/max_inotify_watches && exec "$@"'
+    w = watcher("-c", cfg, prefix=("unshare", "-U", "-r", "sh", "-c", shell, "sh"))
+    w.ready()
+    warning = w.log("watches_missing")
+    numbers = {k: warning[k] for k in ("watches", "directories", "unwatched", "max_user_watches")}
+    assert numbers == {"watches": 3, "directories": 7, "unwatched": 4, "max_user_watches": 3}
+    assert warning["root"] == str(tree)
+    w.scanned()
+    for d in (tree, tree / "extra0", tree / "extra1"):
+        (d / "live.txt").write_bytes(b"seen at once")
+        assert w.wait("added", d / "live.txt")["file"]["hash"]["sha256"] == sha(b"seen at once")
+    assert w.stop() == 0
+
+
+def test_a_directory_new_below_one_watched_alone_is_watched(
+    tree: Path, manifest: Path, tmp_path: Path, watcher: Callable[..., Watcher]
+) -> None:
+    """A directory created below one watched alone gets a watch of its own before its scan.
+
+    An excluded subdirectory makes the root such a directory (watched, not recursively).
+    """
+    (tree / "skip").mkdir()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"manifest: {manifest}\nworkers: 2\nroots:\n  - path: {tree}\n    exclude: [skip/]\n"
+        "watch:\n  rescan_interval: 1h\n"
+    )
+    assert integrityd("init", "-c", cfg).returncode == 0
+    w = watcher("-c", cfg)
+    w.ready()
+    w.scanned()
+    (tree / "new" / "deeper").mkdir(parents=True)
+    w.wait("added", tree / "new" / "deeper")
+    (tree / "new" / "deeper" / "later.txt").write_bytes(b"written after the scan of new/\n")
+    w.wait("added", tree / "new" / "deeper" / "later.txt")
+    (tree / "skip" / "ignored.txt").write_bytes(b"excluded\n")
+    # The kernel's count of the daemon's watches: the root and sub/ (with sub/deep), not
+    # skip/, and new/ with new/deeper.
+    watches = functools.partial(process_watch_count, str(w.proc.pid))
+    assert watches() == 5
+    shutil.rmtree(tree / "new")
+    wait_for(lambda: watches() == 3, 20, "the watches of new/ to go with it")
+    (tree / "new").mkdir()  # the same name again (maybe the same inode number): watched anew
+    wait_for(lambda: watches() == 4, 20, "a watch on the new new/")
+    (tree / "new" / "again.txt").write_bytes(b"again\n")
+    w.wait("added", tree / "new" / "again.txt")
+    assert w.stop() == 0
+    assert not [p for _, p in w.findings() if "/skip" in p]
 
 
 def test_the_daemon_leaves_nothing_in_the_temporary_directory(

@@ -49,7 +49,12 @@ from integrityd.report import (
 log = logsetup.get_logger()
 
 
-_MODES: dict[str, Mode] = {"init": "create", "accept": "write", "check": "read", "verify": "write"}
+_MODES: dict[str, Mode] = {
+    "init": "create",
+    "accept": "write",
+    "check": "read",
+    "verify": "progress",  # on a manifest it may not write, verify still verifies
+}
 _VERBS = {"init": "baselining", "check": "checking", "accept": "re-hashing", "verify": "verifying"}
 CHECKPOINT_S = 2.0  # verify commits its progress this often, so an interruption loses little
 
@@ -68,6 +73,12 @@ def run(data: Connection, ctl: Connection, job: Job) -> None:
     mode = _MODES[job.command]
     try:
         with ManifestStore.open(job.manifest, mode) as store:
+            if mode == "progress" and not store.writable:
+                log.warning(
+                    "progress_not_recorded",
+                    message=f"manifest {os.fsdecode(job.manifest)} is read-only here: "
+                    "verifying without recording which files were verified",
+                )
             ctl.send(Ready())
             with store.guard():
                 collector = _Collector(store, job)
@@ -118,7 +129,7 @@ class _Collector:
         for msg in _messages(data):
             if isinstance(msg, Report):
                 self.report(msg)
-            elif isinstance(msg, NewCycle):
+            elif isinstance(msg, NewCycle) and self.store.writable:
                 self.store.start_cycle(msg.root, msg.ns)
             elif isinstance(msg, Finish):
                 return True

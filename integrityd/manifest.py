@@ -75,7 +75,8 @@ Blob = bytes | bytearray
 Row = tuple[Blob, Blob, str, int, int, int, int, int, int, int, Blob | None, Blob | None]
 """A manifest row as written: (parent, name, type, ..., sha256, target)."""
 
-Mode = Literal["read", "write", "create"]
+Mode = Literal["read", "progress", "write", "create"]
+"""``progress``: write if this user may (verify's progress), else read and say so."""
 
 
 def journal_files(path: bytes) -> frozenset[bytes]:
@@ -171,7 +172,11 @@ class ManifestStore:
 
     @classmethod
     def open(cls, path: bytes, mode: Mode) -> Self:
-        """Open (or, for ``create``, make) the manifest and, for writers, take its lock."""
+        """Open (or, for ``create``, make) the manifest and, for writers, take its lock.
+
+        ``read`` and ``progress`` work on a manifest this user may not write, or on a
+        read-only filesystem (see ``connect_read``); ``writable`` then says False.
+        """
         name = os.fsdecode(path)
         fresh = _check_header(path, mode)
         if mode == "create":
@@ -190,9 +195,25 @@ class ManifestStore:
             store._start(fresh, mode)
         except sqlite3.Error as e:
             conn.close()
+            if mode in ("read", "progress") and _cannot_write(e):
+                return cls._read_only(path)
             raise _sqlite_error(path, e) from e
         except ManifestError:
             conn.close()
+            raise
+        return store
+
+    @classmethod
+    def _read_only(cls, path: bytes) -> Self:
+        """The manifest through ``connect_read``: for a user or filesystem that may not write."""
+        store = cls(path, connect_read(path), writable=False)
+        try:
+            store._start(False, "read")
+        except sqlite3.Error as e:
+            store.close()
+            raise _sqlite_error(path, e) from e
+        except ManifestError:
+            store.close()
             raise
         return store
 
@@ -421,15 +442,10 @@ class BaselineReader:
     """Read-only access to the committed baseline, for the hash workers."""
 
     def __init__(self, path: bytes, snapshot: bool = True) -> None:
-        uri = "file:" + _percent_encoded(path) + "?mode=ro"
-        try:
-            self._conn = sqlite3.connect(
-                uri, uri=True, timeout=LOCK_TIMEOUT_S, isolation_level=None
-            )
-            if snapshot:
+        self._conn = connect_read(path)
+        if snapshot:
+            with guard(path):
                 self._conn.execute("BEGIN")  # one snapshot for the whole run
-        except sqlite3.Error as e:
-            raise _sqlite_error(path, e) from e
 
     def close(self) -> None:
         """Close the connection."""
@@ -477,6 +493,57 @@ class BaselineReader:
         sql = f"SELECT {_STATE} FROM files WHERE parent = ? AND name = ?"
         row = conn.execute(sql, split(path)).fetchone()
         return _state(path, row) if row else None
+
+
+def connect_read(path: bytes) -> sqlite3.Connection:
+    """A read-only connection, also where this user or the filesystem may not write.
+
+    A reader of a WAL database needs its ``-shm`` file, and creates it if it is missing:
+    in a directory it may not write, or on read-only media (AIDE's advice for a
+    baseline), that fails. There SQLite can still read the file as ``immutable``, which
+    creates nothing and takes no lock, and which is safe only while no ``-wal`` file
+    holds commits not yet merged into the manifest: integrityd merges them when its last
+    connection closes, so after a clean run there is none.
+    """
+    name = os.fsdecode(path)
+    uri = "file:" + _percent_encoded(path) + "?mode=ro"
+    conn = None
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=LOCK_TIMEOUT_S, isolation_level=None)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.Error as e:
+        if conn is not None:
+            conn.close()
+        if not _cannot_write(e):
+            raise _sqlite_error(path, e) from e
+    try:
+        pending = os.stat(path + b"-wal").st_size > 0
+    except FileNotFoundError:
+        pending = False
+    except OSError as e:
+        raise ManifestError(f"cannot read {name}-wal: {e.strerror}") from e
+    if pending:
+        msg = (
+            f"manifest {name} has changes in {name}-wal that this user may not merge into "
+            "it (SQLite needs to write beside it to read them); run any integrityd command "
+            "on it once as a user who may write there"
+        )
+        raise ManifestError(msg)
+    try:
+        conn = sqlite3.connect(
+            uri + "&immutable=1", uri=True, timeout=LOCK_TIMEOUT_S, isolation_level=None
+        )
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error as e:
+        raise _sqlite_error(path, e) from e
+    return conn
+
+
+def _cannot_write(e: sqlite3.Error) -> bool:
+    """True for SQLite's 'read-only' and 'cannot open' errors: no permission to write."""
+    code = getattr(e, "sqlite_errorcode", 0) & 0xFF
+    return code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN)
 
 
 def guard(path: bytes) -> _Guard:

@@ -8,11 +8,13 @@ median CPU time of all its processes, and in how many rounds the new one was fas
 Each tree is a checkout (a `git worktree`, or `git archive` unpacked) and runs its own
 code, byte-compiled.
 Usage: python benchmarks/ab.py OLD_TREE NEW_TREE [--corpus small,dirs] [--rounds 7]
+       [--exclude PATTERN ...]   (the root's exclude patterns, through a config file)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import statistics
@@ -46,7 +48,13 @@ def timed(tree: Path, args: list[str]) -> tuple[float, float]:
 
 
 def one_round(
-    trees: list[Path], order: list[int], root: Path, work: Path, workers: int
+    trees: list[Path],
+    order: list[int],
+    root: Path,
+    work: Path,
+    workers: int,
+    *,
+    exclude: list[str],
 ) -> dict[int, list[float]]:
     """init, then check, of ``root`` by each tree in ``order``: index -> [wall, cpu, wall, cpu]."""
     out = {}
@@ -55,8 +63,13 @@ def one_round(
         for old in work.glob(f"{i}.db*"):
             old.unlink()
         j = ["-j", str(workers), "--no-progress"]
-        init = timed(trees[i], ["init", "-m", str(manifest), *j, str(root)])
-        check = timed(trees[i], ["check", "-m", str(manifest), *j])
+        what = [str(root)]
+        if exclude:  # only a config gives a root its excludes
+            config = work / f"{i}.yaml"
+            config.write_text(f"roots:\n  - path: {root}\n    exclude: {json.dumps(exclude)}\n")
+            what = ["-c", str(config)]
+        init = timed(trees[i], ["init", "-m", str(manifest), *j, *what])
+        check = timed(trees[i], ["check", "-m", str(manifest), *j, *what[:2]])
         out[i] = [*init, *check]
     return out
 
@@ -70,6 +83,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--dir", type=Path, default=bench.HERE / "corpus")
     ap.add_argument("--seed", type=int, default=20261125)
+    ap.add_argument("--exclude", action="append", default=[], metavar="PATTERN")
     args = ap.parse_args()
     trees = [args.old.resolve(), args.new.resolve()]
     for tree in trees:
@@ -80,7 +94,8 @@ def main() -> int:
         )
 
     print(f"# {os.uname().nodename}: {args.workers} workers, {args.rounds} rounds")
-    print(f"# old: {trees[0]}\n# new: {trees[1]}\n")
+    print(f"# old: {trees[0]}\n# new: {trees[1]}")
+    print(f"# exclude: {args.exclude}\n" if args.exclude else "")
     print("| corpus | command | old s | new s | new / old | new faster in | CPU s old, new |")
     print("|---|---|---|---|---|---|---|")
     for name in args.corpus.split(","):
@@ -89,7 +104,7 @@ def main() -> int:
             rounds = []
             for r in range(args.rounds + 1):  # round 0 warms the page cache up
                 order = [0, 1] if r % 2 else [1, 0]
-                got = one_round(trees, order, root, Path(tmp), args.workers)
+                got = one_round(trees, order, root, Path(tmp), args.workers, exclude=args.exclude)
                 if r:
                     rounds.append([got[0], got[1]])
         for c, command in enumerate(COMMANDS):

@@ -38,6 +38,13 @@ class RootConfig:
         if unknown:
             msg = f"unknown attribute {unknown[0]!r}; choose from {', '.join(sorted(ATTRIBUTES))}"
             raise ValueError(msg)
+        if self.exclude:
+            # Imported here: pathspec is not needed by runs without excludes.
+            from integrityd.exclude import problem  # noqa: PLC0415
+
+            for j, pattern in enumerate(self.exclude):
+                if (why := problem(pattern)) is not None:
+                    raise ValueError(f"exclude[{j}] {pattern!r}: {why}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -367,15 +367,21 @@ class ManifestStore:
         out = []
         for path, options in rows:
             o = json.loads(options)
-            out.append(
-                RootConfig(
+            try:
+                root = RootConfig(
                     path=path,
                     exclude=tuple(o.get("exclude", ())),
                     check=tuple(o.get("check", DEFAULT_CHECK)),
                     one_filesystem=bool(o.get("one_filesystem", True)),
                     workers=o.get("workers"),
                 )
-            )
+            except ValueError as e:  # stored by an older integrityd, whose rules differed
+                msg = (
+                    f"manifest {os.fsdecode(self.path)}: root {os.fsdecode(path)}: {e}; "
+                    "give the root with corrected options in a config (-c)"
+                )
+                raise ManifestError(msg) from e
+            out.append(root)
         return out
 
     def put_root(self, root: RootConfig, device: int) -> None:

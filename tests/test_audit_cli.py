@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import sqlite3
@@ -390,3 +391,58 @@ def test_manifest_parent_directories_are_created(tmp_path: Path, tree: Path) -> 
     m = tmp_path / "a" / "b" / "c" / "m.db"
     init(m, tree)
     assert m.is_file()
+
+
+def test_a_bad_exclude_pattern_stops_before_anything_runs(tmp_path: Path) -> None:
+    """`[z-a]` once passed `config check`, then killed workers and committed an empty baseline."""
+    root = tmp_path / "tree"
+    root.mkdir()
+    (root / "a.txt").write_text("a")
+    manifest = tmp_path / "m.db"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"manifest: {manifest}\nroots:\n  - path: {root}\n    exclude: ['[z-a]']\n")
+    for args in (("config", "check", cfg), ("init", "-c", cfg)):
+        r = integrityd(*args)
+        assert r.returncode == 17, r.stderr
+        [line] = r.stderr.splitlines()
+        message = json.loads(line)["message"]
+        assert message.startswith(f"{cfg}:4: roots[0].exclude[0]: invalid pattern"), message
+    assert not manifest.exists()
+
+
+def test_negated_excludes_keep_what_they_name(tmp_path: Path) -> None:
+    """`*.log` then `!keep.log`: keep.log is baselined and checked, the other logs are not."""
+    root = tmp_path / "tree"
+    (root / "sub").mkdir(parents=True)
+    for name in ("a.log", "sub/keep.log", "sub/b.txt"):
+        (root / name).write_text("v1")
+    manifest = tmp_path / "m.db"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"manifest: {manifest}\nroots:\n  - path: {root}\n    exclude: ['*.log', '!keep.log']\n"
+    )
+    assert integrityd("init", "-c", cfg).returncode == 0
+    for name in ("a.log", "sub/keep.log", "sub/b.txt"):
+        (root / name).write_text("v2")
+    r = integrityd("check", "--json", "-c", cfg)
+    assert findings(r) == [("modified", f"{root}/sub/b.txt"), ("modified", f"{root}/sub/keep.log")]
+
+
+def test_a_pattern_stored_by_an_older_release_is_a_clear_error(tmp_path: Path) -> None:
+    """A manifest whose root holds a pattern today's rules refuse: one line, exit 18."""
+    root = tmp_path / "tree"
+    root.mkdir()
+    manifest = tmp_path / "m.db"
+    assert integrityd("init", "-m", manifest, root).returncode == 0
+    with sqlite3.connect(manifest) as conn:
+        conn.execute(
+            """UPDATE roots SET options = json_set(options, '$.exclude', json('["[z-a]"]'))"""
+        )
+    conn.close()
+    r = integrityd("check", "-m", manifest)
+    assert r.returncode == 18, r.stderr
+    [line] = r.stderr.splitlines()
+    assert json.loads(line)["message"] == (
+        f"manifest {manifest}: root {root}: exclude[0] '[z-a]': invalid pattern: bad character "
+        "range z-a at position 10; give the root with corrected options in a config (-c)"
+    )

@@ -230,7 +230,12 @@ def _named(entries: Iterator[FileState], base: bytes | None) -> Iterator[tuple[b
 def _cmd_config_check(args: argparse.Namespace) -> int:
     from integrityd import configfile  # noqa: PLC0415 - see the module docstring
 
-    cfg = configfile.load(args.file)
+    try:
+        cfg = configfile.load(args.file, roots_exist=True)
+    except ConfigError as e:
+        for problem in e.problems:  # every mistake in the file, one line each
+            _log().error("config_error", message=problem, exit_code=int(e.exit_code))
+        return int(e.exit_code)
     roots = ", ".join(os.fsdecode(r.path) for r in cfg.roots) or "none"
     print(f"{args.file}: ok (roots: {roots})")
     return 0

@@ -6,8 +6,10 @@ config is usually edited by hand on a server, far from the person who wrote it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import fields
 from typing import Any
 
@@ -15,13 +17,19 @@ import yaml
 
 from integrityd.config import Config, LogConfig, RootConfig, WatchConfig, parse_duration
 from integrityd.errors import ConfigError
+from integrityd.exclude import problem
+from integrityd.walk import covers
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMG]i?B?|B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
-def load(path: str) -> Config:
-    """Read and validate a YAML config file."""
+def load(path: str, *, roots_exist: bool = False) -> Config:
+    """Read and validate a YAML config file; every mistake in it, not just the first.
+
+    ``roots_exist``: also require each root to exist (``config check``: will this work
+    now?). A daemon's reload does not ask, as a root may be mounted later.
+    """
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -38,18 +46,48 @@ def load(path: str) -> Config:
         raise ConfigError(msg) from e
     if node is None:
         return Config()
-    return _Builder(path).config(node)
+    builder = _Builder(path, roots_exist=roots_exist)
+    try:
+        cfg = builder.config(node)
+    except _Noted:
+        pass
+    except ConfigError as e:
+        builder.problems.append((getattr(e, "line", 0), str(e)))
+    if builder.problems:
+        ordered = sorted(builder.problems, key=lambda p: p[0])
+        raise ConfigError.of([message for _, message in ordered], path)
+    return cfg
+
+
+class _At(ConfigError):
+    """A mistake at one line of the file (0: of the file as a whole)."""
+
+    def __init__(self, message: str, line: int) -> None:
+        super().__init__(message)
+        self.line = line
 
 
 class _Builder:
     """Turns a composed YAML node tree into a Config, keeping marks for error messages."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, roots_exist: bool = False) -> None:
         self.path = path
+        self.roots_exist = roots_exist
+        self.problems: list[tuple[int, str]] = []  # every mistake found: (line, message)
+
+    @contextlib.contextmanager
+    def each(self) -> Iterator[None]:
+        """Note a mistake in one key and go on with the next, so that all are reported."""
+        try:
+            yield
+        except _Noted:
+            pass
+        except ConfigError as e:
+            self.problems.append((getattr(e, "line", 0), str(e)))
 
     def error(self, node: yaml.Node, key: str, message: str) -> ConfigError:
         line = node.start_mark.line + 1
-        return ConfigError(f"{self.path}:{line}: {key}: {message}")
+        return _At(f"{self.path}:{line}: {key}: {message}", line)
 
     def scalar(self, node: yaml.Node, key: str) -> Any:  # noqa: ANN401 - YAML scalars are dynamic
         if not isinstance(node, yaml.ScalarNode):
@@ -114,35 +152,51 @@ class _Builder:
         m = self.mapping(node, "", allowed)
         values: dict[str, Any] = {}
         if "manifest" in m:
-            values["manifest"] = self.abspath(m["manifest"], "manifest")
+            with self.each():
+                values["manifest"] = self.abspath(m["manifest"], "manifest")
         if "roots" in m:
-            values["roots"] = self.roots(m["roots"])
+            with self.each():
+                values["roots"] = self.roots(m["roots"])
         if "workers" in m:
-            w = self.scalar(m["workers"], "workers")
-            if w != "auto" and (not isinstance(w, int) or isinstance(w, bool) or w < 1):
-                raise self.error(
-                    m["workers"], "workers", f"expected 'auto' or a number >= 1, got {w!r}"
-                )
-            values["workers"] = 0 if w == "auto" else w
+            with self.each():
+                w = self.scalar(m["workers"], "workers")
+                if w != "auto" and (not isinstance(w, int) or isinstance(w, bool) or w < 1):
+                    raise self.error(
+                        m["workers"], "workers", f"expected 'auto' or a number >= 1, got {w!r}"
+                    )
+                values["workers"] = 0 if w == "auto" else w
         if "chunk_size" in m:
-            values["chunk_size"] = self.size(m["chunk_size"], "chunk_size")
+            with self.each():
+                size = self.size(m["chunk_size"], "chunk_size")
+                values["chunk_size"] = self.valid(m["chunk_size"], "chunk_size", size)
         if "report" in m:
-            values["report"] = self.typed(m["report"], "report", str, "text or json")
+            with self.each():
+                report = self.typed(m["report"], "report", str, "text or json")
+                values["report"] = self.valid(m["report"], "report", report)
         if "log" in m:
-            lm = self.mapping(m["log"], "log", {"format", "level"})
-            lv = {k: self.typed(v, f"log.{k}", str, "a string") for k, v in lm.items()}
-            try:
-                values["log"] = LogConfig(**lv)
-            except ValueError as e:
-                bad = "format" if "auto, json" in str(e) else "level"
-                raise self.error(lm[bad], f"log.{bad}", str(e)) from e
+            with self.each():
+                values["log"] = self.log(m["log"])
         if "watch" in m:
-            values["watch"] = self.watch(m["watch"])
+            with self.each():
+                values["watch"] = self.watch(m["watch"])
+        return Config(**values)
+
+    def valid(self, node: yaml.Node, key: str, value: Any) -> Any:  # noqa: ANN401
+        """``value`` if Config accepts it for ``key``; otherwise the error, at ``node``."""
         try:
-            return Config(**values)
+            Config(**{key: value})
         except ValueError as e:
-            bad = "workers" if "auto" in str(e) else "chunk_size" if "KiB" in str(e) else "report"
-            raise self.error(m[bad], bad, str(e)) from e
+            raise self.error(node, key, str(e)) from e
+        return value
+
+    def log(self, node: yaml.Node) -> LogConfig:
+        lm = self.mapping(node, "log", {"format", "level"})
+        lv = {k: self.typed(v, f"log.{k}", str, "a string") for k, v in lm.items()}
+        try:
+            return LogConfig(**lv)
+        except ValueError as e:
+            bad = "format" if "auto, json" in str(e) else "level"
+            raise self.error(lm[bad], f"log.{bad}", str(e)) from e
 
     def duration(self, node: yaml.Node, key: str) -> float:
         value = self.scalar(node, key)
@@ -172,30 +226,84 @@ class _Builder:
     def roots(self, node: yaml.Node) -> tuple[RootConfig, ...]:
         if not isinstance(node, yaml.SequenceNode):
             raise self.error(node, "roots", "expected a list of roots (each with a 'path')")
-        out = []
-        allowed = {f.name for f in fields(RootConfig)}
+        out: list[tuple[RootConfig, yaml.Node, str]] = []
         for i, rnode in enumerate(node.value):
-            key = f"roots[{i}]"
-            m = self.mapping(rnode, key, allowed)
-            if "path" not in m:
-                raise self.error(rnode, key, "missing required key 'path'")
-            values: dict[str, Any] = {"path": self.abspath(m["path"], f"{key}.path")}
-            for name in ("exclude", "check"):
-                if name in m:
+            with self.each():
+                root, pnode = self.root(rnode, f"roots[{i}]")
+                out.append((root, pnode, f"roots[{i}]"))
+        self.overlaps(out)
+        return tuple(root for root, _, _ in out)
+
+    def root(self, rnode: yaml.Node, key: str) -> tuple[RootConfig, yaml.Node]:
+        """One root, every key of it checked; raises the last of its mistakes, if any."""
+        allowed = {f.name for f in fields(RootConfig)}
+        m = self.mapping(rnode, key, allowed)
+        if "path" not in m:
+            raise self.error(rnode, key, "missing required key 'path'")
+        before = len(self.problems)
+        values: dict[str, Any] = {}
+        with self.each():
+            values["path"] = self.abspath(m["path"], f"{key}.path")
+            if self.roots_exist and not os.path.lexists(values["path"]):
+                raise self.error(
+                    m["path"], f"{key}.path", f"{os.fsdecode(values['path'])} does not exist"
+                )
+        for name in ("exclude", "check"):
+            if name in m:
+                with self.each():
                     values[name] = self.strings(m[name], f"{key}.{name}")
-            if "workers" in m:
+        for j, pattern in enumerate(values.get("exclude", ())):
+            if (why := problem(pattern)) is not None:
+                with self.each():
+                    raise self.error(m["exclude"].value[j], f"{key}.exclude[{j}]", why)
+        if "workers" in m:
+            with self.each():
                 w = self.scalar(m["workers"], f"{key}.workers")
                 if not isinstance(w, int) or isinstance(w, bool) or w < 1:
                     raise self.error(
                         m["workers"], f"{key}.workers", f"expected a number >= 1, got {w!r}"
                     )
                 values["workers"] = w
-            if "one_filesystem" in m:
+        if "one_filesystem" in m:
+            with self.each():
                 values["one_filesystem"] = self.typed(
                     m["one_filesystem"], f"{key}.one_filesystem", bool, "true or false"
                 )
-            try:
-                out.append(RootConfig(**values))
-            except ValueError as e:
-                raise self.error(m["check"], f"{key}.check", str(e)) from e
-        return tuple(out)
+        if "check" in values:
+            with self.each():
+                try:
+                    RootConfig(path=b"/", check=values["check"])
+                except ValueError as e:
+                    raise self.error(m["check"], f"{key}.check", str(e)) from e
+        if len(self.problems) > before:
+            raise _Noted(key)  # each mistake is in self.problems already
+        return RootConfig(**values), m["path"]
+
+    def overlaps(self, roots: list[tuple[RootConfig, yaml.Node, str]]) -> None:
+        """Refuse a root inside another, or twice the same root.
+
+        One baseline entry belongs to one root: under an outer root, an inner one's
+        entries would be compared (and, by accept, replaced or deleted) by both, with
+        different rules, and which won would depend on the order of the walk.
+        """
+        for i, (inner, node, key) in enumerate(roots):
+            for j, (outer, onode, okey) in enumerate(roots):
+                if i == j or not covers(outer.path, inner.path):
+                    continue
+                where = f"{okey}, line {onode.start_mark.line + 1}"
+                name = os.fsdecode(inner.path)
+                if inner.path == outer.path and j < i:
+                    with self.each():
+                        raise self.error(node, f"{key}.path", f"{name} is also {where}")
+                elif inner.path != outer.path:
+                    with self.each():
+                        raise self.error(
+                            node,
+                            f"{key}.path",
+                            f"{name} lies inside {os.fsdecode(outer.path)} ({where}); a "
+                            f"file belongs to one root: exclude it from {okey} to leave it out",
+                        )
+
+
+class _Noted(ConfigError):
+    """A mistake already recorded in ``_Builder.problems``: nothing more to say."""

@@ -67,6 +67,19 @@ class ConfigError(IntegritydError):
 
     exit_code = Fatal.CONFIG
 
+    def __init__(self, message: str, problems: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.problems = problems or (message,)
+
+    @classmethod
+    def of(cls, problems: list[str], path: str) -> ConfigError:
+        """All the mistakes in one config file: the first in the message, then how many more."""
+        first = problems[0]
+        if len(problems) == 1:
+            return cls(first)
+        more = f" (and {len(problems) - 1} more: see 'integrityd config check {path}')"
+        return cls(first + more, tuple(problems))
+
 
 class ManifestError(IntegritydError):
     """The manifest is missing, unwritable, or has no baseline for a requested path."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -87,6 +88,27 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
             "roots:\n  - path: /etc\n    workers: 0\n",
             ":3: roots[0].workers: expected a number >= 1",
         ),
+        (
+            "roots:\n  - path: /etc\n    exclude:\n      - '*.swp'\n      - '[z-a]'\n",
+            ":5: roots[0].exclude[1]: invalid pattern: bad character range z-a",
+        ),
+        (
+            "roots:\n  - path: /etc\n  - path: /usr\n    exclude: ['#tmp']\n",
+            ":4: roots[1].exclude[0]: a pattern that starts with '#' is a comment in .gitignore",
+        ),
+        ("roots:\n  - path: /etc\n    exclude: ['!']\n", ":3: roots[0].exclude[0]: invalid"),
+        ("roots:\n  - path: /etc\n    exclude: [' ']\n", ":3: roots[0].exclude[0]: an empty"),
+        ("roots:\n  - path: /etc\n    exclude: ['/']\n", ":3: roots[0].exclude[0]: this pattern"),
+        (
+            "roots:\n  - path: /srv\n    check: [content, mtime]\n  - path: /srv/inner\n",
+            ":4: roots[1].path: /srv/inner lies inside /srv (roots[0], line 2); a file belongs "
+            "to one root: exclude it from roots[0] to leave it out",
+        ),
+        (
+            "roots:\n  - path: /srv/inner\n  - path: /srv\n",
+            ":2: roots[0].path: /srv/inner lies inside /srv (roots[1], line 3)",
+        ),
+        ("roots:\n  - path: /srv\n  - path: /srv/\n", ":3: roots[1].path: /srv is also roots[0]"),
         ("log:\n  level: loud\n", ":2: log.level: must be one of"),
         ("log:\n  format: xml\n", ":2: log.format: must be auto, json or console"),
         ("report: html\n", ":1: report: must be text or json"),
@@ -142,3 +164,33 @@ def test_config_is_picklable_and_frozen() -> None:
     assert pickle.loads(pickle.dumps(cfg)) == cfg
     with pytest.raises(AttributeError):
         cfg.workers = 3  # type: ignore[misc]
+
+
+def test_every_mistake_is_reported_in_the_order_of_the_file(tmp_path: Path) -> None:
+    """`config check` names each mistake on a line of its own; other commands the first."""
+    path = write(
+        tmp_path,
+        "report: html\n"
+        "roots:\n"
+        "  - path: /etc\n"
+        "    exclude: ['[z-a]', '#x']\n"
+        f"  - path: {tmp_path}/missing\n"
+        "workers: many\n",
+    )
+    r = integrityd("config", "check", path)
+    assert r.returncode == 17
+    assert [json.loads(line)["message"] for line in r.stderr.splitlines()] == [
+        f"{path}:1: report: must be text or json, got 'html'",
+        f"{path}:4: roots[0].exclude[0]: invalid pattern: bad character range z-a at position 10",
+        f"{path}:4: roots[0].exclude[1]: a pattern that starts with '#' is a comment in "
+        ".gitignore; write '\\#' for a name",
+        f"{path}:5: roots[1].path: {tmp_path}/missing does not exist",
+        f"{path}:6: workers: expected 'auto' or a number >= 1, got 'many'",
+    ]
+    r = integrityd("check", "-c", path)  # a root may be mounted later: not a mistake here
+    assert r.returncode == 17
+    [line] = r.stderr.splitlines()
+    assert json.loads(line)["message"] == (
+        f"{path}:1: report: must be text or json, got 'html' "
+        f"(and 3 more: see 'integrityd config check {path}')"
+    )

@@ -179,7 +179,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
             out.write(line)
     out.flush()
     if exporter.skipped:
-        msg = f"{exporter.skipped} files left out: {args.format} cannot hold names with a newline"
+        from integrityd.report import count  # noqa: PLC0415 - see the module docstring
+
+        left = count(exporter.skipped, "file")
+        msg = f"{left} left out: {args.format} cannot hold names with a newline"
         _log().warning("export_incomplete", message=msg, skipped=exporter.skipped)
         return 8
     return 0
@@ -207,7 +210,10 @@ def _cmd_import(args: argparse.Namespace) -> int:
         store.write(rows)  # type: ignore[arg-type]
         store.put_root(RootConfig(path=root), os.lstat(root).st_dev)
         store.commit()
-    print(f"imported {len(rows):,} entries below {os.fsdecode(root)} into {os.fsdecode(manifest)}")
+    from integrityd.report import count  # noqa: PLC0415 - see the module docstring
+
+    what = count(len(rows), "entry", "entries")
+    print(f"imported {what} below {os.fsdecode(root)} into {os.fsdecode(manifest)}")
     if missing:
         msg = f"{len(missing)} listed files were not found and are not in the baseline"
         _log().warning("import_incomplete", message=msg, first=os.fsdecode(missing[0]))

@@ -157,6 +157,8 @@ class _Collector:
 
     def record(self, f: Finding) -> None:
         self.counts[f.action] += 1
+        if f.action != "unreadable" and f.new is not None and f.new.error_type is not None:
+            self.unverified += 1  # a change lstat() showed; the content itself went unread
         self.store.add_finding(f.path, json.dumps(event(f, self.job.command), ensure_ascii=False))
 
     def finish(self) -> Summary:

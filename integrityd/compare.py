@@ -26,7 +26,7 @@ def classify(old: FileState | None, new: FileState, attrs: frozenset[str]) -> Fi
     that changed otherwise is ``modified``.
     """
     if new.error_type is not None:
-        return Finding("unreadable", new.path, old, new)
+        return _unread(old, new, attrs)
     if old is None:
         return Finding("added", new.path, None, new)
     changes: list[str] = []
@@ -56,3 +56,25 @@ def _content_action(old: FileState, new: FileState) -> str:
     if new.mtime_ns < old.mtime_ns:
         return "backdated"
     return "modified"
+
+
+def _unread(old: FileState | None, new: FileState, attrs: frozenset[str]) -> Finding:
+    """A file whose content could not be read, but whose lstat() may still show changes.
+
+    ``metadata`` (``modified`` if the size changed: that alone proves a new content)
+    with what changed; ``unreadable`` if nothing visible changed, or nothing is known.
+    Either way the event carries the error: the content was not verified.
+    """
+    if old is None or new.type in ("unknown", "missing"):
+        return Finding("unreadable", new.path, old, new)
+    changes = [
+        name
+        for attr, field, name in _METADATA
+        if attr in attrs and getattr(old, field) != getattr(new, field)
+    ]
+    sized = "content" in attrs and old.type == new.type == "file" and old.size != new.size
+    if sized:
+        changes.insert(0, "size")
+    if not changes:
+        return Finding("unreadable", new.path, old, new)
+    return Finding("modified" if sized else "metadata", new.path, old, new, tuple(changes))

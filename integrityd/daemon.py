@@ -45,6 +45,7 @@ from integrityd.events import DirTask, FileTask, Job, LiveStats, Ping, Scope, Ta
 from integrityd.manifest import journal_files
 from integrityd.notify import Notifier
 from integrityd.pipeline import CollectorHandle, WorkerPool
+from integrityd.report import count
 from integrityd.walk import covers
 from integrityd.watch import (
     EVENT_FILTER,
@@ -207,7 +208,7 @@ class Daemon:
         self.notifier.send(READY=1, STATUS=self._status())
         log.info(
             "watching",
-            message=f"watching {len(scopes)} roots with {self.workers} workers",
+            message=f"watching {count(len(scopes), 'root')} with {count(self.workers, 'worker')}",
             roots=[os.fsdecode(s.start) for s in scopes],
             watches=process_watch_count(),
         )
@@ -398,11 +399,15 @@ class Daemon:
     ) -> None:
         self.degraded = True
         root = None if i is None or self.job is None else os.fsdecode(self.job.scopes[i].start)
+        what = (
+            "some directories"
+            if unwatched is None
+            else count(unwatched, "directory", "directories")
+        )
         log.warning(
             "watches_missing",
-            message=f"{unwatched if unwatched is not None else 'some'} directories cannot be "
-            "watched (fs.inotify.max_user_watches); changes there are found by a scan every "
-            f"{DEGRADED_RESCAN_S:.0f} s",
+            message=f"{what} cannot be watched (fs.inotify.max_user_watches); changes there "
+            f"are found by a scan every {DEGRADED_RESCAN_S:.0f} s",
             root=root,
             watches=process_watch_count(),
             directories=dirs,
@@ -553,7 +558,8 @@ class Daemon:
     def _status(self) -> str:
         scanning = f"; scanning ({self.scan.reason})" if self.scan else ""
         return (
-            f"watching {len(self.active)} roots; {self.stats.files:,} files checked, "
+            f"watching {count(len(self.active), 'root')}; "
+            f"{count(self.stats.files, 'file')} checked, "
             f"{self.stats.findings:,} findings; {len(self.changes):,} paths pending{scanning}"
         )
 

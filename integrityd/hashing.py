@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import overload
 
 from integrityd.events import HINT_FILE, FileState
+from integrityd.failures import describe, error_type
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 _NOATIME = getattr(os, "O_NOATIME", 0)
@@ -117,18 +118,6 @@ def failed(path: bytes, error_type: str, error: str) -> FileState:
     return FileState(path, "unknown", 0, 0, 0, 0, 0, 0, 0, None, None, error_type, error)
 
 
-def _error_type(e: OSError) -> str:
-    if e.errno in (errno.EACCES, errno.EPERM):
-        return "permission"
-    if e.errno == errno.EIO:
-        return "io"
-    return "os"
-
-
-def _describe(e: OSError) -> str:
-    return f"{type(e).__name__}: {e.strerror or e}"
-
-
 class Hasher:
     """Hashes files chunk by chunk into one buffer that lives as long as the worker."""
 
@@ -207,7 +196,7 @@ class Hasher:
                 return self._read_settled(fd, path, defer_above, settled_before)
             return self._read_careful(fd, path, defer_above, os.fstat(fd))
         except OSError as e:
-            return failed(path, _error_type(e), _describe(e))
+            return failed(path, error_type(e), describe(e))
         finally:
             os.close(fd)
 
@@ -216,7 +205,13 @@ class Hasher:
             return missing(path)
         if e.errno == errno.ELOOP:  # became a symlink since the listing
             return self._lstat(path, name, dir_fd)
-        return failed(path, _error_type(e), _describe(e))
+        if e.errno in (errno.EACCES, errno.EPERM):
+            # lstat() needs no read permission: what it shows (type, mode, owner, size,
+            # times) is still compared; only the content goes unverified.
+            seen = self._lstat(path, name, dir_fd)
+            if seen.error_type is None and seen.type != "missing":
+                return seen._replace(error_type=error_type(e), error=describe(e))
+        return failed(path, error_type(e), describe(e))
 
     def _pace(self, nbytes: int) -> None:
         # Sleeping is the point here: --max-rate keeps verification gentle on busy disks.
@@ -232,7 +227,7 @@ class Hasher:
         except FileNotFoundError:
             return missing(path)
         except OSError as e:
-            return failed(path, _error_type(e), _describe(e))
+            return failed(path, error_type(e), describe(e))
         return from_stat(path, st, target=target)
 
     def _pread(self, fd: int, offset: int) -> int:

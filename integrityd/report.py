@@ -151,9 +151,17 @@ def text_lines(ev: dict[str, Any]) -> list[str]:
         old, new = _get(ev.get("baseline", {}), name), _get(ev["file"], name)
         label = "sha256" if name == "hash.sha256" else name
         lines.append(f"{'':13}{label:<8} {old} → {new}")
-    if "error" in ev:
-        lines.append(f"{'':13}{ev['error']['type']}: {ev['error']['message']}")
+    if "error" in ev:  # unreadable: why; a change lstat() showed: the content went unread
+        why = ev["error"]["message"]
+        lines.append(
+            f"{'':13}{why}" if action == "unreadable" else f"{'':13}content  not read: {why}"
+        )
     return lines
+
+
+def count(n: int, word: str, words: str | None = None) -> str:
+    """``1 file``, ``2 files``: the number (with thousands separators) and the word."""
+    return f"{n:,} {word if n == 1 else words or word + 's'}"
 
 
 def human_bytes(n: float) -> str:
@@ -169,24 +177,25 @@ def summary_text(s: Summary) -> str:
     """The closing lines of the text report."""
     rate = s.files / s.seconds if s.seconds > 0 else 0.0
     head = (
-        f"integrityd {s.command}: {s.files:,} files, {human_bytes(s.bytes)} "
+        f"integrityd {s.command}: {count(s.files, 'file')}, {human_bytes(s.bytes)} "
         f"in {s.seconds:.2f} s ({rate:,.0f} files/s)"
     )
     counts = ", ".join(f"{k} {s.counts.get(k, 0)}" for k in KINDS)
     tail = [head, f"  {counts}"]
     if s.unverified:
         tail.append(
-            f"  {s.unverified:,} baselined files below unreadable directories were not verified"
+            f"  {count(s.unverified, 'baselined file')} could not be verified "
+            "(content or directory unreadable)"
         )
     differences = sum(s.counts.get(k, 0) for k in KINDS if k != "unreadable")
     if s.command in ("check", "verify"):
         tail.append(
             "  all files match the baseline"
             if not differences and not s.status
-            else f"  {differences:,} differences (exit code {s.status})"
+            else f"  {count(differences, 'difference')} (exit code {s.status})"
         )
     elif s.command == "accept":
-        tail.append(f"  {differences:,} changes accepted into the baseline")
+        tail.append(f"  {count(differences, 'change')} accepted into the baseline")
     if s.verification:
         v = s.verification
         tail.append(

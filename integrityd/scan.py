@@ -226,8 +226,7 @@ class Scanner:
             self.devices[scope],
         )
         if listing.error is not None:
-            kind = "permission" if listing.error.startswith("PermissionError") else "os"
-            found.unreadable_dirs.append((directory, kind, listing.error))
+            found.unreadable_dirs.append((directory, listing.error_type or "os", listing.error))
             return [], []
         try:
             return listing.subdirs, self._entries(directory, scope, listing, found)

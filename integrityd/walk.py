@@ -14,13 +14,10 @@ from dataclasses import dataclass, field
 
 from integrityd.events import HINT_FILE, HINT_OTHER
 from integrityd.exclude import Excluder
+from integrityd.failures import describe, error_type
 
 _FS_ENCODING = sys.getfilesystemencoding()
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-
-
-def _describe(e: OSError) -> str:
-    return f"{type(e).__name__}: {e.strerror or e}"
 
 
 def covers(root: bytes, path: bytes) -> bool:
@@ -42,7 +39,8 @@ class Listing:
     # lstat() of the subdirectories whose device was checked, by name: the worker records
     # them from this instead of asking the kernel a second time.
     dir_stats: dict[bytes, os.stat_result] = field(default_factory=dict)
-    error: str | None = None
+    error: str | None = None  # why it could not be listed, for people
+    error_type: str | None = None  # and for programs: permission, io, os
     fd: int | None = None  # the directory, open: the caller reads its entries relative to it
 
 
@@ -69,7 +67,7 @@ def list_dir(
     except OSError as e:
         if e.errno == errno.ELOOP:
             return Listing()
-        return Listing(error=_describe(e))
+        return Listing(error=describe(e), error_type=error_type(e))
     out = Listing(fd=fd)
     prefix = directory.rstrip(b"/") + b"/"
     try:
@@ -95,7 +93,7 @@ def list_dir(
                         out.subdirs.append(path)
     except OSError as e:
         os.close(fd)
-        return Listing(error=_describe(e))
+        return Listing(error=describe(e), error_type=error_type(e))
     except BaseException:
         os.close(fd)
         raise

@@ -12,6 +12,8 @@ import subprocess
 import threading
 from pathlib import Path
 
+import pytest
+
 from integrityd.errors import ExitCode
 from integrityd.manifest import ManifestStore
 from integrityd.report import unescape_path
@@ -445,4 +447,49 @@ def test_a_pattern_stored_by_an_older_release_is_a_clear_error(tmp_path: Path) -
     assert json.loads(line)["message"] == (
         f"manifest {manifest}: root {root}: exclude[0] '[z-a]': invalid pattern: bad character "
         "range z-a at position 10; give the root with corrected options in a config (-c)"
+    )
+
+
+@pytest.mark.skipif(not DROP_DAC, reason="needs root, to drop CAP_DAC_OVERRIDE")
+def test_what_lstat_shows_of_an_unreadable_file_is_compared(tmp_path: Path) -> None:
+    """A mode change of a file this user may not read is `metadata`, not only `unreadable`.
+
+    Baselined by root; checked without CAP_DAC_OVERRIDE (as a user would), the file
+    belonging to nobody: its content cannot be read, its lstat() can.
+    """
+    root = tmp_path / "tree"
+    root.mkdir()
+    secret = root / "shadow"
+    secret.write_bytes(b"root:x:1:\n")
+    secret.chmod(0o600)
+    os.chown(secret, 65534, 65534)
+    manifest = tmp_path / "m.db"
+    init(manifest, root)
+
+    r = check(manifest, prefix=DROP_DAC)  # nothing changed: only the content is unknown
+    assert r.returncode == ExitCode.INCOMPLETE, r.stdout
+    [e] = [e for e in events(r) if "file" in e]
+    assert (e["event"]["action"], e["error"]) == (
+        "unreadable",
+        {"type": "permission", "message": "Permission denied"},
+    )
+
+    secret.chmod(0o640)
+    r = check(manifest, prefix=DROP_DAC)
+    assert r.returncode == ExitCode.CHANGED | ExitCode.INCOMPLETE, r.stdout
+    [e] = [e for e in events(r) if "file" in e]
+    assert (e["event"]["action"], e["changes"], e["file"]["mode"]) == ("metadata", ["mode"], "0640")
+    assert e["error"]["type"] == "permission"
+    assert "hash" not in e["file"]
+    assert summary(r)["unverified"] == 1
+
+    with open(secret, "ab") as f:
+        f.write(b"intruder:x:0:\n")
+    r = check(manifest, prefix=DROP_DAC)
+    assert r.returncode == ExitCode.CHANGED | ExitCode.INCOMPLETE, r.stdout
+    [e] = [e for e in events(r) if "file" in e]
+    assert (e["event"]["action"], e["changes"], e["file"]["size"]) == (
+        "modified",
+        ["size", "mode"],
+        len(b"root:x:1:\nintruder:x:0:\n"),
     )

@@ -128,7 +128,7 @@ def test_unreadable_file_becomes_data(tmp_path: Path) -> None:
     d = tmp_path / "notadir"
     d.write_text("x")
     s = Hasher(CHUNK).state(os.fsencode(d / "child"), HINT_FILE)
-    assert (s.error_type, s.error) == ("os", "NotADirectoryError: Not a directory")
+    assert (s.error_type, s.error) == ("os", "Not a directory")  # the type says the kind
 
 
 def test_entries_are_read_in_the_directory_that_was_listed(tmp_path: Path) -> None:

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from integrityd.events import FileState, Finding
-from integrityd.report import escape_path, event, unescape_path
+from integrityd.events import FileState, Finding, Summary
+from integrityd.report import count, escape_path, event, summary_text, unescape_path
 
 
 @pytest.mark.parametrize(
@@ -53,3 +53,24 @@ def test_event_fields_are_ecs() -> None:
     assert e["file"]["mode"] == "0644"
     assert e["file"]["mtime"] == "2001-09-09T01:46:40.000000000Z"
     assert e["changes"] == ["hash.sha256", "size"]
+
+
+def test_one_of_a_thing_is_said_in_the_singular() -> None:
+    """'1 difference', '1 file', '1 baselined file': no '1 differences'."""
+    one = Summary(
+        command="check", files=1, bytes=10, seconds=0.5, counts={"modified": 1}, unverified=1,
+        status=12,
+    )  # fmt: skip
+    assert summary_text(one).splitlines()[1:] == [
+        "  added 0, removed 0, modified 1, backdated 0, metadata 0, corrupted 0, unreadable 0",
+        "  1 baselined file could not be verified (content or directory unreadable)",
+        "  1 difference (exit code 12)",
+    ]
+    assert summary_text(one).startswith("integrityd check: 1 file, 10 B in 0.50 s")
+    many = Summary(
+        command="check", files=2_000, bytes=10, seconds=0.5, counts={"modified": 1, "added": 1},
+        unverified=0, status=5,
+    )  # fmt: skip
+    assert summary_text(many).splitlines()[-1] == "  2 differences (exit code 5)"
+    assert count(1, "entry", "entries") == "1 entry"
+    assert count(12_000, "entry", "entries") == "12,000 entries"

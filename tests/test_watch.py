@@ -465,7 +465,7 @@ def test_watchdog_pings_and_status_without_and_with_systemd(
     w = watcher("-m", manifest, env={"WATCHDOG_USEC": "400000"})
     w.ready()
     wait_for(lambda: w.notes.count("WATCHDOG=1") >= 3, 10, "three watchdog pings")
-    assert any(n.startswith("STATUS=watching 1 roots") for n in w.notes)
+    assert any(n.startswith("STATUS=watching 1 root;") for n in w.notes)
     assert w.stop() == 0
 
     plain = watcher("-m", manifest, notify=False)

@@ -41,6 +41,7 @@ from integrityd.events import (
     Summary,
     Task,
 )
+from integrityd.hashing import Pace
 from integrityd.manifest import ManifestStore
 from integrityd.pipeline import CollectorHandle, WorkerPool
 from integrityd.walk import covers
@@ -146,13 +147,13 @@ def run(job: Job, cfg: Config, budget: Budget | None = None) -> Summary:
         handle.send(scan.lost_report(task, reason))
 
     workers = cfg.worker_count()
-    rate = job.max_rate / workers if job.max_rate else None
+    pace = Pace(job.max_rate / workers, time.monotonic()) if job.max_rate else None
     try:
         pool = WorkerPool(
             ctx,
             count=workers,
             target=scan.worker_main,
-            args=(job, cfg.chunk_size, rate, job.idle),
+            args=(job, cfg.chunk_size, pace, job.idle),
             limits={i: s.root.workers for i, s in enumerate(job.scopes) if s.root.workers},
             deliver=handle.send_bytes,
             on_lost=lost,

@@ -259,14 +259,12 @@ def _positive(text: str) -> int:
 
 
 def _rate(text: str) -> int:
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    number = text.upper().removesuffix("/S").removesuffix("B").removesuffix("I")
-    unit = number[-1:] if number[-1:] in units else ""
-    digits = number[: len(number) - len(unit)]
-    if not digits.isdigit() or int(digits) < 1:
-        msg = f"expected a rate like 100M or 50M/s, got {text!r}"
-        raise argparse.ArgumentTypeError(msg)
-    return int(digits) * units[unit]
+    from integrityd.units import parse_rate  # noqa: PLC0415 - see the module docstring
+
+    try:
+        return parse_rate(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from integrityd.units import Ambiguous, minutes_or_mib, parse_duration, parse_size
+
 ATTRIBUTES = frozenset(
     {"content", "type", "mode", "uid", "gid", "target", "mtime", "ctime", "inode"}
 )
@@ -126,29 +128,34 @@ class Budget:
         return -(-total * n // d)
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$", re.IGNORECASE)
-_FRACTION = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
-_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_BUDGET_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT])(?:i?B)?\s*$", re.IGNORECASE)
-
-
-def parse_duration(text: str) -> float:
-    """'90s', '10m', '24h', '7d' -> seconds; ValueError otherwise."""
-    if m := _DURATION.match(text):
-        return float(m.group(1)) * _SECONDS[m.group(2).lower()]
-    msg = f"expected a duration like 500ms, 30s, 10m, 24h or 7d, got {text!r}"
-    raise ValueError(msg)
+_FRACTION = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
 
 
 def parse_budget(text: str) -> Budget:
-    """'90m', '1h', '200G', '1/7' -> Budget; ValueError with a readable message otherwise."""
-    if m := _DURATION.match(text):
-        return Budget(seconds=float(m.group(1)) * _SECONDS[m.group(2).lower()])
-    if m := _FRACTION.match(text):
-        n, d = int(m.group(1)), int(m.group(2))
-        if 0 < n <= d:
-            return Budget(fraction=(n, d))
-    if m := _BUDGET_SIZE.match(text):
-        return Budget(bytes=int(m.group(1)) << (10 * "KMGT".index(m.group(2).upper()) + 10))
-    msg = f"expected a duration (90m, 2h), a size (200G) or a fraction (1/7), got {text!r}"
+    """'90min', '1h30m', '200G', '1/7' -> Budget; ValueError with what to write otherwise."""
+    if minutes_or_mib(text):
+        number = text.strip()[:-1].strip()
+        msg = (
+            f"{text!r} could mean {number} minutes or {number} MiB: "
+            f"write {number}min or {number}MiB"
+        )
+        raise ValueError(msg)
+    if text.strip().isdigit():
+        msg = f"{text!r} needs a unit: seconds (90s), minutes (90min) or a size (90GiB)"
+        raise ValueError(msg)
+    if m := _FRACTION.fullmatch(text):
+        part, whole = int(m.group(1)), int(m.group(2))
+        if 0 < part <= whole:
+            return Budget(fraction=(part, whole))
+        msg = f"a fraction of the files must be between 0 and 1, like 1/7, got {text!r}"
+        raise ValueError(msg)
+    for parse in (parse_duration, parse_size):
+        try:
+            value = parse(text)
+        except Ambiguous:
+            raise
+        except ValueError:
+            continue
+        return Budget(seconds=value) if parse is parse_duration else Budget(bytes=int(value))
+    msg = f"expected a duration (90min, 2h), a size (200GiB) or a fraction (1/7), got {text!r}"
     raise ValueError(msg)

@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import fields
 from typing import Any
 
 import yaml
 
-from integrityd.config import Config, LogConfig, RootConfig, WatchConfig, parse_duration
+from integrityd.config import Config, LogConfig, RootConfig, WatchConfig
 from integrityd.errors import ConfigError
 from integrityd.exclude import problem
+from integrityd.units import parse_duration, parse_size
 from integrityd.walk import covers
-
-_SIZE = re.compile(r"^\s*(\d+)\s*([KMG]i?B?|B)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
 def load(path: str, *, roots_exist: bool = False) -> Config:
@@ -139,13 +136,10 @@ class _Builder:
         value = self.scalar(node, key)
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        m = _SIZE.match(str(value))
-        if not m:
-            raise self.error(
-                node, key, f"expected a size like 1048576, 256KiB or 1MiB, got {value!r}"
-            )
-        unit = (m.group(2) or "").upper().rstrip("B").rstrip("I")
-        return int(m.group(1)) * _UNITS[unit]
+        try:
+            return parse_size(str(value))
+        except ValueError as e:
+            raise self.error(node, key, str(e)) from e
 
     def config(self, node: yaml.Node) -> Config:
         allowed = {f.name for f in fields(Config)}

@@ -28,7 +28,7 @@ from integrityd.events import (
     Task,
 )
 from integrityd.exclude import Excluder
-from integrityd.hashing import Hasher, failed, from_stat, settled_before
+from integrityd.hashing import Hasher, Pace, failed, from_stat, settled_before
 from integrityd.manifest import BaselineReader, row, split
 from integrityd.pipeline import Hunger
 from integrityd.walk import Listing, list_dir, relative
@@ -88,7 +88,7 @@ class Scanner:
         self,
         job: Job,
         chunk_size: int,
-        max_rate: float | None = None,
+        pace: Pace | None = None,
         *,
         budget_s: float | None = None,
         budget_entries: int = TASK_BUDGET_ENTRIES,
@@ -104,7 +104,7 @@ class Scanner:
             budget_s = WATCH_TASK_BUDGET_S if self.watches else TASK_BUDGET_S
         self.budget_s = budget_s
         self.budget_entries = budget_entries
-        self.hasher = Hasher(chunk_size, max_rate)
+        self.hasher = Hasher(chunk_size, pace)
         # The daemon runs for months while people accept changes: no long-lived snapshot.
         self.baseline = BaselineReader(job.manifest, snapshot=not self.watches)
         self.excluders = [Excluder(s.root.exclude) for s in job.scopes]
@@ -385,7 +385,7 @@ def worker_main(  # noqa: PLR0917 - a Process passes its args by position
     hungry: Hunger | None,
     job: Job,
     chunk_size: int,
-    max_rate: float | None,
+    pace: Pace | None,
     idle: bool,
 ) -> None:
     """Hash worker process: take tasks until the None sentinel or until main is gone."""
@@ -397,12 +397,12 @@ def worker_main(  # noqa: PLR0917 - a Process passes its args by position
     logsetup.configure(job.log)
     if idle:
         _be_idle()
-    scanner = Scanner(job, chunk_size, max_rate, hungry=hungry)
+    scanner = Scanner(job, chunk_size, pace, hungry=hungry)
     try:
         while (task := conn.recv()) is not None:
             if isinstance(task, Job):  # the daemon reloaded its config; no reply expected
                 scanner.close()
-                scanner = Scanner(task, chunk_size, max_rate, hungry=hungry)
+                scanner = Scanner(task, chunk_size, pace, hungry=hungry)
                 continue
             spawned, report, walked = scanner.run(task)
             conn.send((spawned, walked, pickle.dumps(report, pickle.HIGHEST_PROTOCOL)))

@@ -136,7 +136,7 @@ def test_summary_file_and_bad_budget(files37: Path, manifest: Path, tmp_path: Pa
     assert (s["command"], s["files"], s["total_files"], s["coverage"]) == ("verify", 37, 37, 1.0)
     r = integrityd("verify", "-m", manifest, "--budget", "often")
     assert r.returncode == 16
-    assert "expected a duration (90m, 2h), a size (200G) or a fraction (1/7)" in r.stderr
+    assert "expected a duration (90min, 2h), a size (200GiB) or a fraction (1/7)" in r.stderr
 
 
 def test_max_rate_and_idle_io(tmp_path: Path, manifest: Path) -> None:

@@ -38,7 +38,7 @@ FORKSERVER_PRELOAD = ["integrityd.collector", "integrityd.scan"]
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
+        raise UsageError(message, self.format_usage(), self.prog)
 
 
 def default_manifest() -> bytes:
@@ -407,6 +407,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Interrupted as e:
         _log().error("interrupted", message=str(e), signal=e.signum)
         return e.code
+    except UsageError as e:
+        if sys.stderr.isatty():  # as argparse itself would say it
+            sys.stderr.write(f"{e.usage or ''}{e.prog}: error: {e}\n")
+        else:
+            # From the parser: which command, and where to read more; else the message.
+            message = f"{e.prog}: {e} (see '{e.prog} --help')" if e.usage else str(e)
+            _log().error(
+                "fatal_error",
+                message=message,
+                error_type=type(e).__name__,
+                exit_code=int(e.exit_code),
+            )
+        return int(e.exit_code)
     except IntegritydError as e:
         _log().error(
             "fatal_error", message=str(e), error_type=type(e).__name__, exit_code=int(e.exit_code)

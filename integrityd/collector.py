@@ -122,7 +122,8 @@ class _Collector:
         self.progress = Progress(sys.stderr if job.progress else None, _VERBS[job.command])
         self.checkpoint = time.monotonic()
         if job.progress and job.command in ("check", "accept"):
-            self.progress.set_total(sum(store.count_below(s.start) + 1 for s in job.scopes))
+            totals = [store.totals_below(s.start) for s in job.scopes]
+            self.progress.set_total(sum(n + 1 for n, _ in totals), sum(b for _, b in totals))
 
     def receive(self, data: Connection) -> bool:
         """Consume reports until Finish; False if the main process vanished first."""
@@ -347,7 +348,9 @@ class _Live:
             elif isinstance(msg, Ping):
                 ctl.send(LiveStats(self.files, sum(self.counts.values())))
             elif isinstance(msg, Job):
-                self.job = msg  # reloaded: new roots, new output settings
+                self.job = msg  # reloaded: new roots, new output and log settings
+                logsetup.configure(msg.log)
+                log.debug("reconfigured", process="collector", pid=os.getpid())
             elif isinstance(msg, Finish):
                 return self.summary()
         return None

@@ -641,6 +641,8 @@ class Daemon:
         self.job = dataclasses.replace(
             self.job, scopes=tuple(all_scopes), log=cfg.log, json=self.json_out
         )
+        logsetup.configure(cfg.log)  # here; the workers and the collector on the new Job
+        log.debug("reconfigured", process="main", pid=os.getpid())
         self.cfg = dataclasses.replace(
             cfg,
             manifest=self.cfg.manifest,

@@ -53,9 +53,18 @@ class IntegritydError(Exception):
 
 
 class UsageError(IntegritydError):
-    """The command line asks for something impossible."""
+    """The command line asks for something impossible.
+
+    From the parser: ``usage`` is its usage text and ``prog`` the (sub)command, so that a
+    terminal gets what argparse users expect: the usage, then ``prog: error: message``.
+    """
 
     exit_code = Fatal.USAGE
+
+    def __init__(self, message: str, usage: str | None = None, prog: str = "integrityd") -> None:
+        super().__init__(message)
+        self.usage = usage
+        self.prog = prog
 
 
 class FormatError(UsageError):

@@ -18,15 +18,27 @@ from typing import Any, TextIO
 
 from integrityd.config import LogConfig
 
+_FOR_PROGRAMS = ("timestamp", "event", "error_type", "exit_code")
+"""Fields a JSON line needs and a person reading a terminal does not."""
+
 
 def _console(_logger: object, _name: str, event: MutableMapping[str, Any]) -> str:
     """One line a person can read: ``integrityd: warning: message (key=value, ...)``."""
     level = event.pop("level", "info")
-    event.pop("timestamp", None)
-    text = str(event.pop("message", None) or event.pop("event"))
-    event.pop("event", None)
+    text = str(event.pop("message", None) or event.get("event"))
+    for key in _FOR_PROGRAMS:
+        event.pop(key, None)
     extra = ", ".join(f"{k}={v}" for k, v in event.items())
     return f"integrityd: {level}: {text}" + (f" ({extra})" if extra else "")
+
+
+def _clearing(render: Any) -> Any:  # noqa: ANN401 - a structlog processor
+    """Start each line by erasing the terminal's line: a progress line may stand there."""
+
+    def processor(logger: object, name: str, event: MutableMapping[str, Any]) -> str:
+        return "\r\x1b[K" + str(render(logger, name, event))
+
+    return processor
 
 
 # structlog's (and the logging module's) numbers for the method names a logger has
@@ -63,6 +75,8 @@ def _apply() -> None:
     if fmt == "auto":
         fmt = "console" if out.isatty() else "json"
     renderer: Any = _console if fmt == "console" else structlog.processors.JSONRenderer()
+    if fmt == "console" and out.isatty():
+        renderer = _clearing(renderer)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -416,6 +416,15 @@ class ManifestStore:
         sql = f"SELECT count(*) FROM files WHERE {_BELOW}"
         return int(self._conn.execute(sql, _below(directory)).fetchone()[0])
 
+    def totals_below(self, directory: bytes) -> tuple[int, int]:
+        """(entries, bytes of regular files) below ``directory``: for the progress line."""
+        sql = (
+            "SELECT count(*), coalesce(sum(CASE WHEN type = 'file' THEN size END), 0) "
+            f"FROM files WHERE {_BELOW}"
+        )
+        count, size = self._conn.execute(sql, _below(directory)).fetchone()
+        return int(count), int(size)
+
     def lookup(self, path: bytes) -> FileState | None:
         """The baseline entry for one path."""
         return BaselineReader.lookup_in(self._conn, path)

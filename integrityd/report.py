@@ -143,13 +143,17 @@ def _get(d: dict[str, Any], dotted: str) -> str:
     return "-" if value is None else str(value)
 
 
+_LABELS = {"hash.sha256": "sha256", "target_path": "target"}
+"""Event field names too long for the text report's column of eight."""
+
+
 def text_lines(ev: dict[str, Any]) -> list[str]:
     """A finding for people: the action and path, then each change as old → new."""
     action = ev["event"]["action"]
     lines = [f"{action:<11}{ev['file']['path']}"]
     for name in ev.get("changes", ()):
         old, new = _get(ev.get("baseline", {}), name), _get(ev["file"], name)
-        label = "sha256" if name == "hash.sha256" else name
+        label = _LABELS.get(name, name)
         lines.append(f"{'':13}{label:<8} {old} → {new}")
     if "error" in ev:  # unreadable: why; a change lstat() showed: the content went unread
         why = ev["error"]["message"]
@@ -214,10 +218,12 @@ class Progress:
         self._start = time.monotonic()
         self._last = 0.0
         self._total: int | None = None
+        self._total_bytes = 0
 
-    def set_total(self, files: int) -> None:
-        """How many entries to expect (from the baseline), for the ETA."""
+    def set_total(self, files: int, nbytes: int) -> None:
+        """How many entries and bytes to expect (from the baseline), for the ETA."""
         self._total = files
+        self._total_bytes = nbytes
 
     def update(self, files: int, nbytes: int) -> None:
         """Redraw at most five times a second."""
@@ -227,11 +233,18 @@ class Progress:
         self._last = now
         elapsed = now - self._start
         rate = nbytes / elapsed if elapsed else 0.0
-        done = f"{files:,}/{self._total:,}" if self._total else f"{files:,}"
+        # The baseline's count is an estimate: past it (new files), only the count.
+        known = self._total is not None and files <= self._total
+        done = f"{files:,}/{self._total:,}" if known else f"{files:,}"
         line = f"{self._verb}: {done} files, {human_bytes(nbytes)}, {human_bytes(rate)}/s"
-        if self._total and files and self._total > files:
-            eta = int((self._total - files) * elapsed / files)
-            line += f", ETA {eta // 60}:{eta % 60:02d}"
+        if known and files and self._total:
+            # Whichever says longer: by files for many small ones, by bytes for a few
+            # big ones (counted by files, the last 10 GiB file read as "ETA 0:00").
+            left = (self._total - files) * elapsed / files
+            if nbytes and self._total_bytes > nbytes:
+                left = max(left, (self._total_bytes - nbytes) * elapsed / nbytes)
+            eta = int(left)
+            line += f", ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}"
         self._stream.write("\r\x1b[K" + line)
         self._stream.flush()
 

@@ -401,6 +401,8 @@ def worker_main(  # noqa: PLR0917 - a Process passes its args by position
     try:
         while (task := conn.recv()) is not None:
             if isinstance(task, Job):  # the daemon reloaded its config; no reply expected
+                logsetup.configure(task.log)
+                log.debug("reconfigured", process="worker", pid=os.getpid())
                 scanner.close()
                 scanner = Scanner(task, chunk_size, pace, hungry=hungry)
                 continue

@@ -9,7 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from integrityd.events import FileState, Finding, Summary
-from integrityd.report import count, escape_path, event, summary_text, unescape_path
+from integrityd.report import (
+    count,
+    escape_path,
+    event,
+    summary_text,
+    text_lines,
+    unescape_path,
+)
 
 
 @pytest.mark.parametrize(
@@ -74,3 +81,15 @@ def test_one_of_a_thing_is_said_in_the_singular() -> None:
     assert summary_text(many).splitlines()[-1] == "  2 differences (exit code 5)"
     assert count(1, "entry", "entries") == "1 entry"
     assert count(12_000, "entry", "entries") == "12,000 entries"
+
+
+def test_every_change_label_fits_its_column() -> None:
+    """A symlink's new target lines up with the other changes: no 'target_path' overflow."""
+    old = FileState(b"/r/l", "symlink", 1, 1, 1, 1, 0o777, 0, 0, None, b"/a")
+    new = old._replace(target=b"/etc/shadow", uid=5)
+    lines = text_lines(event(Finding("metadata", b"/r/l", old, new, ("uid", "target_path")), "x"))
+    assert lines == [
+        "metadata   /r/l",
+        "             uid      0 → 5",
+        "             target   /a → /etc/shadow",
+    ]

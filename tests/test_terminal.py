@@ -11,7 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
-from .conftest import wait_for
+from .conftest import sparse, wait_for
 
 
 def run_on_tty(*args: object) -> tuple[int, str, str]:
@@ -61,13 +61,16 @@ def test_no_progress_flag(tree: Path, manifest: Path) -> None:
 
 
 def test_fatal_error_reads_as_one_human_line(tmp_path: Path) -> None:
-    """On a terminal a fatal error is one plain line, not JSON."""
+    """On a terminal a fatal error is one plain line, not JSON, that first erases the line.
+
+    The erasing: a progress line may stand there, and the message would be glued to it.
+    """
     code, _, tty = run_on_tty("check", "-m", tmp_path / "missing.db")
     assert code == 18
-    lines = tty.strip().splitlines()
-    assert len(lines) == 1
-    assert lines[0].startswith("integrityd: error: manifest ")
-    assert "does not exist" in lines[0]
+    assert tty == (
+        f"\r\x1b[Kintegrityd: error: manifest {tmp_path}/missing.db does not exist; "
+        "create it with 'integrityd init'\r\n"
+    )
 
 
 def test_daemon_on_a_terminal_writes_text(tree: Path, manifest: Path) -> None:
@@ -111,3 +114,42 @@ def test_daemon_on_a_terminal_writes_text(tree: Path, manifest: Path) -> None:
     assert re.fullmatch(r"\d\d:\d\d:\d\d added      .*/new\.txt", added.strip())
     assert not any(line.lstrip().startswith("{") for line in lines)
     assert any(line.startswith("integrityd watch: ") for line in lines)  # the summary
+
+
+def test_a_usage_error_reads_as_argparse_would_say_it() -> None:
+    """The usage, then one plain line: no doubled prefix, no debug fields."""
+    code, _, tty = run_on_tty("check", "--jsn")
+    assert code == 16
+    assert tty == (
+        "usage: integrityd [-h] [--version] COMMAND ...\r\n"
+        "integrityd: error: unrecognized arguments: --jsn\r\n"
+    )
+    code, _, tty = run_on_tty("verify", "--max-rate", "fast")
+    assert code == 16
+    assert tty.splitlines()[-1] == (
+        "integrityd verify: error: argument --max-rate: expected a rate like 100M, "
+        "50MiB/s or 1G, got 'fast'"
+    )
+
+
+def test_progress_counts_and_eta_stay_true(tmp_path: Path, manifest: Path) -> None:
+    """Past the baseline's count only the count; with bytes left the ETA is never 0:00:00.
+
+    The big file is hashed by a task of its own, after every small file is counted: an
+    ETA by files alone said 0:00 with 2 GiB left.
+    """
+    root = tmp_path / "tree"
+    root.mkdir()
+    sparse(root / "big.img", 2 << 30)
+    (root / "a.txt").write_text("a")
+    assert run_on_tty("init", "-m", manifest, root, "-j", "1")[0] == 0
+    for i in range(40):
+        (root / f"new{i}.txt").write_text("n")  # more entries than the baseline holds
+    code, _, tty = run_on_tty("check", "-m", manifest, "-j", "1")
+    assert code == 1
+    lines = [line for line in tty.split("\r\x1b[K") if line.startswith("checking: ")]
+    assert lines, tty
+    for line in lines:
+        if m := re.match(r"checking: ([\d,]+)/([\d,]+) files", line):
+            assert int(m[1].replace(",", "")) <= int(m[2].replace(",", "")), line
+        assert "ETA 0:00:00" not in line, line

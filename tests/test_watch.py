@@ -354,6 +354,35 @@ def test_sighup_adds_and_removes_roots_and_survives_a_broken_config(
     assert ("added", str(a / "after")) not in w.findings()
 
 
+def test_reload_applies_the_log_settings_in_every_process(
+    tree: Path, manifest: Path, tmp_path: Path, watcher: Callable[..., Watcher]
+) -> None:
+    """SIGHUP with log.level debug: main, each worker and the collector log at debug.
+
+    Each says so under the settings it has just applied; a process still on the old
+    level (info) would drop the line.
+    """
+    assert integrityd("init", "-m", manifest, tree).returncode == 0
+    cfg = config(tmp_path, manifest, tree)
+    w = watcher("-c", cfg)
+    w.ready()
+    w.scanned()
+    assert not [e for e in w.logs if e.get("level") == "debug"]
+    cfg.write_text(cfg.read_text() + "log:\n  level: debug\n")
+    w.proc.send_signal(signal.SIGHUP)
+    workers = {p for p in descendants(w.proc.pid) if p != w.proc.pid}
+
+    def reconfigured() -> list[tuple[str, int]]:
+        return sorted((e["process"], e["pid"]) for e in w.logs if e.get("event") == "reconfigured")
+
+    wait_for(lambda: len(reconfigured()) == 4, 20, "main, 2 workers and the collector")
+    kinds = [kind for kind, _ in reconfigured()]
+    assert kinds == ["collector", "main", "worker", "worker"]
+    assert {pid for kind, pid in reconfigured() if kind != "main"} <= workers
+    assert all(e["level"] == "debug" for e in w.logs if e.get("event") == "reconfigured")
+    assert w.stop() == 0
+
+
 def test_root_removed_and_back(
     tmp_path: Path, manifest: Path, watcher: Callable[..., Watcher]
 ) -> None:

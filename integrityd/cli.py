@@ -96,9 +96,10 @@ def _audit(command: Command, args: argparse.Namespace, budget: Budget | None = N
     )
     summary = audit.run(job, cfg, budget)
     if getattr(args, "summary_file", None):
-        from integrityd.report import summary_event  # noqa: PLC0415
+        from integrityd.report import Context, summary_event  # noqa: PLC0415
 
-        _save_atomic(args.summary_file, (json.dumps(summary_event(summary)) + "\n").encode())
+        line = json.dumps(summary_event(summary, Context())) + "\n"
+        _save_atomic(args.summary_file, line.encode())
     return summary.status
 
 

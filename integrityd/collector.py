@@ -39,6 +39,7 @@ from integrityd.hashing import failed
 from integrityd.manifest import BaselineReader, ManifestStore, Mode, guard
 from integrityd.report import (
     FINDING_BITS,
+    Context,
     Progress,
     event,
     summary_event,
@@ -114,6 +115,7 @@ class _Collector:
     def __init__(self, store: ManifestStore, job: Job) -> None:
         self.store = store
         self.job = job
+        self.ecs = Context()
         self.started = time.monotonic()
         self.counts: Counter[str] = Counter()
         self.files = 0
@@ -160,7 +162,8 @@ class _Collector:
         self.counts[f.action] += 1
         if f.action != "unreadable" and f.new is not None and f.new.error_type is not None:
             self.unverified += 1  # a change lstat() showed; the content itself went unread
-        self.store.add_finding(f.path, json.dumps(event(f, self.job.command), ensure_ascii=False))
+        data = json.dumps(event(f, self.job.command, self.ecs), ensure_ascii=False)
+        self.store.add_finding(f.path, data)
 
     def finish(self) -> Summary:
         """Record the roots, then total up."""
@@ -217,7 +220,7 @@ class _Collector:
                 else:
                     out.write("\n".join(text_lines(json.loads(data))) + "\n")
             if self.job.json:
-                out.write(json.dumps(summary_event(summary)) + "\n")
+                out.write(json.dumps(summary_event(summary, self.ecs)) + "\n")
             else:
                 out.write(summary_text(summary))
             out.flush()
@@ -329,6 +332,7 @@ class _Live:
 
     def __init__(self, job: Job) -> None:
         self.job = job
+        self.ecs = Context()
         self.reader = BaselineReader(job.manifest, snapshot=False)
         self.reported = _Reported()
         self.counts: Counter[str] = Counter()
@@ -389,7 +393,7 @@ class _Live:
 
     def emit(self, f: Finding) -> None:
         self.counts[f.action] += 1
-        e = event(f, "watch")
+        e = event(f, "watch", self.ecs)
         out = sys.stdout
         if self.job.json:
             out.write(json.dumps(e, ensure_ascii=False) + "\n")
@@ -408,6 +412,8 @@ class _Live:
             unverified=0,
             status=0,
         )
-        sys.stdout.write(json.dumps(summary_event(s)) + "\n" if self.job.json else summary_text(s))
+        sys.stdout.write(
+            json.dumps(summary_event(s, self.ecs)) + "\n" if self.job.json else summary_text(s)
+        )
         sys.stdout.flush()
         return s

@@ -7,7 +7,9 @@ name cannot inject control sequences into a terminal or a log viewer.
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import re
 import time
 from datetime import UTC, datetime
@@ -66,9 +68,63 @@ def iso(ns: int) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{frac:09d}Z"
 
 
-def file_fields(s: FileState) -> dict[str, Any]:
-    """ECS ``file.*`` fields for a state."""
-    d: dict[str, Any] = {"path": escape_path(s.path), "name": escape_path(os.path.basename(s.path))}
+ECS_VERSION = "8.11.0"
+"""The version of the Elastic Common Schema whose field names the events use."""
+
+
+class Context:
+    """What every event of one process says besides its finding: the host, and names.
+
+    Made once per collector. The names of owners and groups are looked up once each
+    (as Auditbeat does, at the time of the event: a user renamed later keeps the
+    name it had).
+    """
+
+    def __init__(self) -> None:
+        self.host: dict[str, str] = {"name": os.uname().nodename}
+        try:
+            with open("/etc/machine-id") as f:
+                self.host["id"] = f.read().strip()
+        except OSError:
+            pass  # containers and other systems without one: no host.id
+        self._users: dict[int, str | None] = {}
+        self._groups: dict[int, str | None] = {}
+
+    def owner(self, uid: int) -> str | None:
+        """The user name of ``uid``, or None if it has none."""
+        if uid not in self._users:
+            try:
+                self._users[uid] = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                self._users[uid] = None
+        return self._users[uid]
+
+    def group(self, gid: int) -> str | None:
+        """The group name of ``gid``, or None if it has none."""
+        if gid not in self._groups:
+            try:
+                self._groups[gid] = grp.getgrgid(gid).gr_name
+            except KeyError:
+                self._groups[gid] = None
+        return self._groups[gid]
+
+
+def _where(path: bytes, extension: bool = True) -> dict[str, Any]:
+    """ECS ``file.path``, ``name``, ``directory`` and (not for directories) ``extension``."""
+    name = os.path.basename(path)
+    d: dict[str, Any] = {
+        "path": escape_path(path),
+        "name": escape_path(name),
+        "directory": escape_path(os.path.dirname(path)),
+    }
+    if extension and (ext := os.path.splitext(name)[1][1:]):
+        d["extension"] = escape_path(ext)  # "gz" of "a.tar.gz"; none for ".bashrc"
+    return d
+
+
+def file_fields(s: FileState, ctx: Context | None = None) -> dict[str, Any]:
+    """ECS ``file.*`` fields for a state; ``ctx`` adds the owner's and group's names."""
+    d = _where(s.path, s.type != "dir")
     if s.type in ("missing", "unknown"):
         return d
     d |= {
@@ -81,6 +137,11 @@ def file_fields(s: FileState) -> dict[str, Any]:
         "uid": str(s.uid),
         "gid": str(s.gid),
     }
+    if ctx is not None:
+        if (owner := ctx.owner(s.uid)) is not None:
+            d["owner"] = owner
+        if (group := ctx.group(s.gid)) is not None:
+            d["group"] = group
     if s.sha256 is not None:
         d["hash"] = {"sha256": s.sha256.hex()}
     if s.target is not None:
@@ -88,10 +149,16 @@ def file_fields(s: FileState) -> dict[str, Any]:
     return d
 
 
-def event(f: Finding, command: str) -> dict[str, Any]:
-    """One finding as an ECS event: ``file`` is now, ``baseline`` is what was recorded."""
+def event(f: Finding, command: str, ctx: Context | None = None) -> dict[str, Any]:
+    """One finding as an ECS event: ``file`` is now, ``baseline`` is what was recorded.
+
+    ``event.outcome`` is ``failure`` where the file could not be verified (it carries an
+    ``error``), ``success`` otherwise: the check itself worked, whatever it found.
+    """
+    unread = f.new is not None and f.new.error_type is not None
     d: dict[str, Any] = {
         "@timestamp": iso(time.time_ns()),
+        "ecs": {"version": ECS_VERSION},
         "event": {
             "kind": "event",
             "module": "integrityd",
@@ -99,11 +166,14 @@ def event(f: Finding, command: str) -> dict[str, Any]:
             "category": ["file"],
             "type": [_ECS_TYPE.get(f.action, "change")],
             "action": f.action,
+            "outcome": "failure" if unread else "success",
         },
-        "file": file_fields(f.new) if f.new is not None else {"path": escape_path(f.path)},
+        "file": file_fields(f.new, ctx) if f.new is not None else _where(f.path),
     }
+    if ctx is not None:
+        d["host"] = dict(ctx.host)
     if f.old is not None:
-        d["baseline"] = file_fields(f.old)
+        d["baseline"] = file_fields(f.old, ctx)
     if f.changes:
         d["changes"] = list(f.changes)
     if f.new is not None and f.new.error_type is not None:
@@ -111,15 +181,19 @@ def event(f: Finding, command: str) -> dict[str, Any]:
     return d
 
 
-def summary_event(s: Summary) -> dict[str, Any]:
-    """The final JSON line of a run."""
+def summary_event(s: Summary, ctx: Context | None = None) -> dict[str, Any]:
+    """The final JSON line of a run; ``event.duration`` in nanoseconds, as ECS defines it."""
     return {
         "@timestamp": iso(time.time_ns()),
+        "ecs": {"version": ECS_VERSION},
+        **({"host": dict(ctx.host)} if ctx is not None else {}),
         "event": {
             "kind": "metric",
             "module": "integrityd",
             "dataset": f"integrityd.{s.command}",
             "action": "summary",
+            "duration": round(s.seconds * 1e9),
+            "outcome": "failure" if s.status & 8 else "success",
         },
         "summary": {
             "command": s.command,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import grp
 import hashlib
 import json
 import os
+import pwd
 import shutil
 import sqlite3
 import subprocess
@@ -479,7 +481,7 @@ def test_what_lstat_shows_of_an_unreadable_file_is_compared(tmp_path: Path) -> N
     assert r.returncode == ExitCode.CHANGED | ExitCode.INCOMPLETE, r.stdout
     [e] = [e for e in events(r) if "file" in e]
     assert (e["event"]["action"], e["changes"], e["file"]["mode"]) == ("metadata", ["mode"], "0640")
-    assert e["error"]["type"] == "permission"
+    assert (e["error"]["type"], e["event"]["outcome"]) == ("permission", "failure")
     assert "hash" not in e["file"]
     assert summary(r)["unverified"] == 1
 
@@ -493,3 +495,46 @@ def test_what_lstat_shows_of_an_unreadable_file_is_compared(tmp_path: Path) -> N
         ["size", "mode"],
         len(b"root:x:1:\nintruder:x:0:\n"),
     )
+
+
+def test_events_carry_the_ecs_fields_siem_rules_key_on(tmp_path: Path) -> None:
+    """ecs.version, host.name/id, file.owner/group/directory/extension, event.outcome, duration.
+
+    The fields Auditbeat's file_integrity module sends, which SIEM rules are written for.
+    """
+    root = tmp_path / "tree"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "app.conf").write_text("a = 1\n")
+    (root / "etc" / "old.tar.gz").write_text("x")
+    os.chown(root / "etc" / "app.conf", 65534, 0)
+    manifest = tmp_path / "m.db"
+    init(manifest, root)
+    (root / "etc" / "app.conf").write_text("a = 2\n")
+    (root / "etc" / "old.tar.gz").unlink()
+    r = check(manifest)
+    by_action = {e["event"]["action"]: e for e in events(r)}
+    modified, removed, end = by_action["modified"], by_action["removed"], by_action["summary"]
+    for e in (modified, removed, end):
+        assert e["ecs"] == {"version": "8.11.0"}
+        assert e["host"]["name"] == os.uname().nodename
+        if os.path.exists("/etc/machine-id"):
+            with open("/etc/machine-id") as f:
+                assert e["host"]["id"] == f.read().strip()
+    assert {k: modified["file"][k] for k in ("directory", "extension", "owner", "group")} == {
+        "directory": f"{root}/etc",
+        "extension": "conf",
+        "owner": pwd.getpwuid(65534).pw_name,
+        "group": grp.getgrgid(0).gr_name,
+    }
+    assert modified["baseline"]["owner"] == pwd.getpwuid(65534).pw_name
+    assert modified["event"]["outcome"] == "success"
+    assert {k: removed["file"][k] for k in ("path", "name", "directory", "extension")} == {
+        "path": f"{root}/etc/old.tar.gz",
+        "name": "old.tar.gz",
+        "directory": f"{root}/etc",
+        "extension": "gz",
+    }
+    assert end["event"]["outcome"] == "success"
+    duration = end["event"]["duration"]  # nanoseconds, an integer, as ECS defines it
+    assert isinstance(duration, int)
+    assert abs(duration / 1e9 - end["summary"]["seconds"]) <= 0.0005

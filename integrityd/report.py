@@ -12,6 +12,7 @@ import os
 import pwd
 import re
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -92,21 +93,20 @@ class Context:
 
     def owner(self, uid: int) -> str | None:
         """The user name of ``uid``, or None if it has none."""
-        if uid not in self._users:
-            try:
-                self._users[uid] = pwd.getpwuid(uid).pw_name
-            except KeyError:
-                self._users[uid] = None
-        return self._users[uid]
+        return _named(self._users, uid, lambda: pwd.getpwuid(uid).pw_name)
 
     def group(self, gid: int) -> str | None:
         """The group name of ``gid``, or None if it has none."""
-        if gid not in self._groups:
-            try:
-                self._groups[gid] = grp.getgrgid(gid).gr_name
-            except KeyError:
-                self._groups[gid] = None
-        return self._groups[gid]
+        return _named(self._groups, gid, lambda: grp.getgrgid(gid).gr_name)
+
+
+def _named(cache: dict[int, str | None], number: int, look_up: Callable[[], str]) -> str | None:
+    if number not in cache:
+        try:
+            cache[number] = look_up()
+        except KeyError:  # no such user or group (any more): the number alone
+            cache[number] = None
+    return cache[number]
 
 
 def _where(path: bytes, extension: bool = True) -> dict[str, Any]:

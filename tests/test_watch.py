@@ -573,22 +573,30 @@ def _unshare_works() -> bool:
     )
 
 
-@pytest.mark.skipif(not _unshare_works(), reason="needs unprivileged user namespaces")
-def test_watch_limit_is_detected_and_covered_by_scans(
-    tree: Path, manifest: Path, tmp_path: Path, watcher: Callable[..., Watcher]
-) -> None:
-    """Out of inotify watches, directories go unwatched: warn with numbers, re-scan instead.
+def three_watches(
+    tree: Path, manifest: Path, tmp_path: Path, watcher: Callable[..., Watcher], **watch: str
+) -> Watcher:
+    """The daemon on ``tree`` plus four directories (7 in all), with a watch limit of 3.
 
-    A user namespace of its own gives the daemon a watch limit of 3 without touching the
-    machine's: the tree has 3 directories plus the ones added here.
+    A user namespace of its own gives the daemon that limit without touching the
+    machine's.
     """
     for i in range(4):
         (tree / f"extra{i}").mkdir()
     assert integrityd("init", "-m", manifest, tree).returncode == 0
-    cfg = config(tmp_path, manifest, tree, rescan_interval="2s")
+    cfg = config(tmp_path, manifest, tree, **watch)
     shell = 'echo 3 > /proc/sys/user/max_inotify_watches && exec "$@"'
     w = watcher("-c", cfg, prefix=("unshare", "-U", "-r", "sh", "-c", shell, "sh"))
     w.ready()
+    return w
+
+
+@pytest.mark.skipif(not _unshare_works(), reason="needs unprivileged user namespaces")
+def test_watch_limit_is_detected_and_covered_by_scans(
+    tree: Path, manifest: Path, tmp_path: Path, watcher: Callable[..., Watcher]
+) -> None:
+    """Out of inotify watches, directories go unwatched: warn with numbers, re-scan instead."""
+    w = three_watches(tree, manifest, tmp_path, watcher, rescan_interval="2s")
     warning = w.log("watches_missing")
     assert warning["watches"] == 3
     assert warning["max_user_watches"] == 3
@@ -616,13 +624,7 @@ def test_over_the_watch_limit_the_upper_levels_stay_real_time(
     its own watches instead. With rescan_interval 1h no scan comes during the test (600 s
     while degraded), so what is found after the catch-up scan came from a watch.
     """
-    for i in range(4):
-        (tree / f"extra{i}").mkdir()
-    assert integrityd("init", "-m", manifest, tree).returncode == 0
-    cfg = config(tmp_path, manifest, tree, rescan_interval="1h")
-    shell = 'echo 3 > /proc/sys/user/max_inotify_watches && exec "$@"'
-    w = watcher("-c", cfg, prefix=("unshare", "-U", "-r", "sh", "-c", shell, "sh"))
-    w.ready()
+    w = three_watches(tree, manifest, tmp_path, watcher, rescan_interval="1h")
     warning = w.log("watches_missing")
     numbers = {k: warning[k] for k in ("watches", "directories", "unwatched", "max_user_watches")}
     assert numbers == {"watches": 3, "directories": 7, "unwatched": 4, "max_user_watches": 3}

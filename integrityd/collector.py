@@ -266,7 +266,7 @@ def _key(f: Finding) -> tuple[object, ...]:
 
 
 def _recorded(s: FileState | None) -> tuple[object, ...] | None:
-    return None if s is None else tuple(s[1:11])
+    return None if s is None else s.recorded()
 
 
 def _digest(value: object) -> bytes:

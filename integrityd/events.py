@@ -8,8 +8,9 @@ pickle and directly usable as SQLite statement parameters.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, cast
 
 from integrityd.config import LogConfig, RootConfig
 
@@ -21,8 +22,31 @@ HINT_OTHER = "o"
 """Directories, symlinks and special files: the worker only lstat()s them, never opens them."""
 
 
+RECORDED = (
+    "type",
+    "size",
+    "mtime_ns",
+    "ctime_ns",
+    "inode",
+    "mode",
+    "uid",
+    "gid",
+    "sha256",
+    "target",
+)
+"""What the manifest records of a file, in the order of its columns: the one definition.
+
+The manifest's column list is made from it, what a check compares is ``recorded()``,
+and a baseline entry is read back with ``from_recorded``; tests/test_layout.py fails if
+the manifest's table ever disagrees.
+"""
+
+
 class FileState(NamedTuple):
-    """What one file looks like now (or in the baseline); column order of the manifest."""
+    """What one file looks like now (or in the baseline).
+
+    Its path, the RECORDED fields, and why it could not be verified, if it could not.
+    """
 
     path: bytes
     type: str  # file, dir, symlink, fifo, socket, char, block; "missing" if it vanished
@@ -37,6 +61,23 @@ class FileState(NamedTuple):
     target: bytes | None  # a symlink's target
     error_type: str | None = None  # why it could not be verified: permission, io, changing, ...
     error: str | None = None
+
+    def recorded(self) -> tuple[object, ...]:
+        """The RECORDED fields, in that order: what the manifest stores and a check compares."""
+        return cast("tuple[object, ...]", self[_RECORDED])
+
+    @classmethod
+    def from_recorded(cls, path: bytes, values: Sequence[object]) -> FileState:
+        """The state a baseline entry records: ``values`` in RECORDED order."""
+        return cls(path, *values)  # type: ignore[arg-type]
+
+
+# The one place where the layout meets positions (a slice, for speed: recorded() runs
+# for every file a check compares). Checked here, at import, so that no edit of the
+# fields above can leave the two apart.
+_RECORDED = slice(1, 1 + len(RECORDED))
+if list(FileState._fields)[_RECORDED] != list(RECORDED):
+    raise AssertionError(f"FileState fields {FileState._fields} do not begin with {RECORDED}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -182,9 +182,9 @@ def baseline_rows(
             missing.append(path)
             continue
         state = from_stat(path, st, sha256=digest if stat.S_ISREG(st.st_mode) else None)
-        rows[path] = (*split(path), *state[1:11])
+        rows[path] = (*split(path), *state.recorded())
         parent = os.path.dirname(path)
         while parent not in rows and (parent == root or parent.startswith(base)):
-            rows[parent] = (*split(parent), *from_stat(parent, os.lstat(parent))[1:11])
+            rows[parent] = (*split(parent), *from_stat(parent, os.lstat(parent)).recorded())
             parent = os.path.dirname(parent)
     return list(rows.values()), missing

@@ -23,7 +23,7 @@ from typing import Any, Literal, Self
 
 from integrityd.config import DEFAULT_CHECK, RootConfig
 from integrityd.errors import ManifestCorrupt, ManifestError, ManifestLocked
-from integrityd.events import FileState
+from integrityd.events import RECORDED, FileState
 
 # Python's sqlite3 binds int, float and str directly, but looks for an adapter for any other
 # type, and a failed look-up raises and discards an AttributeError: about 1.3 µs for every
@@ -47,7 +47,7 @@ _MIGRATIONS: dict[int, tuple[str, str]] = {
 }
 LOCK_TIMEOUT_S = 3.0
 _SQLITE_MAGIC = b"SQLite format 3\x00"
-_STATE = "type, size, mtime_ns, ctime_ns, inode, mode, uid, gid, sha256, target"
+_STATE = ", ".join(RECORDED)  # the recorded columns, in FileState's order
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -94,11 +94,12 @@ def row(parent: bytearray, name: bytes, state: FileState) -> Row:
     and cost the workers about 0.4 µs a row. ``parent`` is made once per directory by
     the caller, so that a directory's rows share it (and pickle it once).
     """
-    sha256, target = state.sha256, state.target
+    s = state
     return (
-        parent, bytearray(name), *state[1:9],
-        None if sha256 is None else bytearray(sha256),
-        None if target is None else bytearray(target),
+        parent, bytearray(name), s.type, s.size, s.mtime_ns, s.ctime_ns, s.inode, s.mode,
+        s.uid, s.gid,
+        None if s.sha256 is None else bytearray(s.sha256),
+        None if s.target is None else bytearray(s.target),
     )  # fmt: skip
 
 
@@ -140,15 +141,12 @@ def _subtree(start: bytes) -> tuple[bytes, ...]:
     return (*split(start), *_below(start))
 
 
-def _state(path: bytes, row: tuple[object, ...]) -> FileState:
-    return FileState(path, *row)  # type: ignore[arg-type]
-
-
 def _states(conn: sqlite3.Connection, where: str, params: tuple[bytes, ...]) -> Iterator[FileState]:
     """Baseline entries matching ``where``, in path order."""
     sql = f"SELECT parent, name, {_STATE} FROM files WHERE {where} ORDER BY parent, name"
     for row in conn.execute(sql, params):
-        yield _state(join(row[0], row[1]), row[2:])
+        parent, name, *recorded = row
+        yield FileState.from_recorded(join(parent, name), recorded)
 
 
 def _sqlite_error(path: bytes, e: sqlite3.Error) -> ManifestError:
@@ -399,7 +397,9 @@ class ManifestStore:
     def write(self, rows: list[Row]) -> None:
         """Store entries as the new baseline (at commit)."""
         self._conn.executemany(
-            f"INSERT OR REPLACE INTO files VALUES ({', '.join('?' * 12)}, {self._now})", rows
+            f"INSERT OR REPLACE INTO files (parent, name, {_STATE}, verified_ns) "
+            f"VALUES ({', '.join('?' * (2 + len(RECORDED)))}, {self._now})",
+            rows,
         )
 
     def delete(self, paths: list[bytes]) -> None:
@@ -466,10 +466,12 @@ class BaselineReader:
         """Close the connection."""
         self._conn.close()
 
-    def children(self, directory: bytes) -> list[tuple[Any, ...]]:
-        """(name, type, size, ..., target) of every baseline entry directly in ``directory``."""
+    def children(self, directory: bytes) -> dict[bytes, tuple[Any, ...]]:
+        """The recorded fields of every baseline entry directly in ``directory``, by name."""
         sql = f"SELECT name, {_STATE} FROM files WHERE parent = ?"
-        return self._conn.execute(sql, (directory,)).fetchall()
+        # row[1:]: this query's own row, the name and then the recorded fields (a tuple,
+        # as recorded() is: star-unpacking would give a list, never equal to it).
+        return {row[0]: row[1:] for row in self._conn.execute(sql, (directory,))}
 
     def below(self, directory: bytes) -> Iterator[FileState]:
         """Every baseline entry below ``directory``, in path order."""
@@ -493,9 +495,9 @@ class BaselineReader:
                     f"SELECT name, {_STATE} FROM files "
                     f"WHERE parent = ? AND name IN ({', '.join('?' * len(chunk))})"
                 )
-                for row in self._conn.execute(sql, (parent, *chunk)):
-                    path = join(parent, row[0])
-                    found[path] = _state(path, row[1:])
+                for name, *recorded in self._conn.execute(sql, (parent, *chunk)):
+                    path = join(parent, name)
+                    found[path] = FileState.from_recorded(path, recorded)
         return found
 
     def lookup(self, path: bytes) -> FileState | None:
@@ -507,7 +509,7 @@ class BaselineReader:
         """The baseline entry for ``path`` through ``conn``."""
         sql = f"SELECT {_STATE} FROM files WHERE parent = ? AND name = ?"
         row = conn.execute(sql, split(path)).fetchone()
-        return _state(path, row) if row else None
+        return FileState.from_recorded(path, row) if row else None
 
 
 def connect_read(path: bytes) -> sqlite3.Connection:

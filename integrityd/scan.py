@@ -238,7 +238,7 @@ class Scanner:
         self, directory: bytes, scope: int, listing: Listing, found: _Found
     ) -> list[FileTask]:
         spawned: list[FileTask] = []
-        baseline = {row[0]: row for row in self.baseline.children(directory)}
+        baseline = self.baseline.children(directory)  # name -> recorded fields
         huge = len(listing.entries) > HUGE_DIR
         deferred: list[bytes] = []
         hashed = 0
@@ -263,12 +263,12 @@ class Scanner:
                 spawned.append(FileTask((path,), scope))
                 baseline.pop(name, None)
             elif state.type != "missing":  # one that vanished stays in `baseline`: removed
-                row = baseline.pop(name, None)
-                self._compare(found, scope, state, row[1:] if row else None, (directory, name))
+                self._compare(found, scope, state, baseline.pop(name, None), (directory, name))
         for i in range(0, len(deferred), FILES_PER_TASK):
             spawned.append(FileTask(tuple(deferred[i : i + FILES_PER_TASK]), scope))
-        for name, row in baseline.items():
-            self._removed(found, scope, FileState(os.path.join(directory, name), *row[1:]))
+        for name, recorded in baseline.items():
+            path = os.path.join(directory, name)
+            self._removed(found, scope, FileState.from_recorded(path, recorded))
         return spawned
 
     def _files(self, task: FileTask, found: _Found) -> list[Task]:
@@ -289,7 +289,8 @@ class Scanner:
             state = self.hasher.state(path, HINT_FILE, settled_before=settled[parent])
             old = baseline.get(path)
             if state.type != "missing":
-                self._compare(found, task.scope, state, old[1:11] if old else None, (parent, name))
+                recorded = old.recorded() if old else None
+                self._compare(found, task.scope, state, recorded, (parent, name))
             elif old is not None:
                 self._removed(found, task.scope, old)
             elif self.watches:
@@ -315,7 +316,7 @@ class Scanner:
             found.bytes += state.size
         if self.verifies and state.error_type is None:
             found.verified.append(key)
-        if recorded is not None and state.error_type is None and recorded == state[1:11]:
+        if recorded is not None and state.error_type is None and recorded == state.recorded():
             if self.watches:
                 found.matched.append(state.path)
             return  # the common case: exactly as in the baseline
@@ -323,7 +324,7 @@ class Scanner:
             # init reports only what it cannot read: classifying the rest would be thrown away
             found.write(key, state)
             return
-        old = FileState(state.path, *recorded) if recorded is not None else None  # type: ignore[arg-type]
+        old = FileState.from_recorded(state.path, recorded) if recorded is not None else None
         finding = classify(old, state, self.attrs[scope])
         if finding is None and self.watches:
             found.matched.append(state.path)

@@ -32,7 +32,6 @@ from integrityd import collector, scan
 from integrityd.config import Budget, Config, RootConfig
 from integrityd.errors import ManifestError, RootError, UsageError
 from integrityd.events import (
-    Command,
     DirTask,
     FileTask,
     Job,
@@ -44,6 +43,7 @@ from integrityd.events import (
 from integrityd.hashing import Pace
 from integrityd.manifest import ManifestStore
 from integrityd.pipeline import CollectorHandle, WorkerPool
+from integrityd.policy import POLICIES, Command
 from integrityd.walk import covers
 
 VERIFY_BATCH = 256  # files per verify task
@@ -54,7 +54,7 @@ def _stored_roots(manifest: bytes, command: Command) -> tuple[list[RootConfig], 
         with ManifestStore.open(manifest, "read") as store, store.guard():
             return store.roots(), store.root_devices()
     except ManifestError:
-        if command == "init":
+        if not POLICIES[command].needs_baseline:
             return [], {}  # a new manifest, or one init will report on properly
         raise
 
@@ -85,6 +85,7 @@ def resolve_scopes(
 ) -> tuple[Scope, ...]:
     """Decide what to scan, and with which root's options, from the CLI, config and manifest."""
     stored, devices = _stored_roots(manifest, command)
+    needs_baseline = POLICIES[command].needs_baseline
     known = [*cfg.roots, *sorted(stored, key=lambda r: len(r.path), reverse=True)]
     name = os.fsdecode(manifest)
     scopes: list[Scope] = []
@@ -92,19 +93,19 @@ def resolve_scopes(
         for p in paths:
             root = next((r for r in known if covers(r.path, p)), None)
             if root is None:
-                if command != "init":
+                if needs_baseline:
                     msg = f"{os.fsdecode(p)} has no baseline in {name}; run 'integrityd init' first"
                     raise ManifestError(msg)
                 root = RootConfig(path=p)
             scopes.append(Scope(root, p))
     elif cfg.roots:
         for r in cfg.roots:
-            if command != "init" and not any(covers(s.path, r.path) for s in stored):
+            if needs_baseline and not any(covers(s.path, r.path) for s in stored):
                 msg = f"root {os.fsdecode(r.path)} from the config has no baseline in {name}"
                 raise ManifestError(f"{msg}; run 'integrityd init' first")
             scopes.append(Scope(r, r.path))
-    elif command == "init":
-        raise UsageError("init needs PATHs to baseline, or a config (-c) that lists roots")
+    elif not needs_baseline:
+        raise UsageError(f"{command} needs PATHs to baseline, or a config (-c) that lists roots")
     else:
         if not stored:
             raise ManifestError(
@@ -125,7 +126,7 @@ def _distinct(
     for s in unique.values():
         if not os.path.lexists(s.start):
             raise RootError(f"{os.fsdecode(s.start)} does not exist (is the filesystem mounted?)")
-        if command in ("check", "verify", "watch") and s.root.path in devices:
+        if POLICIES[command].checks_device and s.root.path in devices:
             _check_root(s.root.path, devices[s.root.path])
     return tuple(unique.values())
 
@@ -160,14 +161,14 @@ def run(job: Job, cfg: Config, budget: Budget | None = None) -> Summary:
             guard=handle.guard,
             on_guard=handle.failed,
         )
-        if job.command != "verify":  # submitted first, so that the first worker starts on them
+        if job.policy.walks:  # submitted first, so that the first worker starts on them
             for i, scope in enumerate(job.scopes):
                 pool.submit(FileTask((scope.start,), i))  # the start itself: file or dir
                 if stat.S_ISDIR(os.lstat(scope.start).st_mode):
                     pool.submit(DirTask((scope.start,), i))
         with pool:
             pool.run(
-                _verify_tasks(job, budget or Budget(), handle) if job.command == "verify" else None
+                _verify_tasks(job, budget or Budget(), handle) if job.policy.verifies else None
             )
         _ignore_signals()  # past this point the collector commits: let it finish
         return handle.finish()

@@ -24,13 +24,21 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from integrityd import __version__
-from integrityd.errors import ConfigError, IntegritydError, Interrupted, UsageError
+from integrityd.errors import (
+    ConfigError,
+    ExitCode,
+    Fatal,
+    IntegritydError,
+    Interrupted,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from integrityd.config import Budget, Config
-    from integrityd.events import Command, FileState
+    from integrityd.events import FileState
+    from integrityd.policy import Command
 
 FORKSERVER_PRELOAD = ["integrityd.collector", "integrityd.scan"]
 """Imported once by the daemon's process server, so that each forked worker starts ready."""
@@ -185,7 +193,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         left = count(exporter.skipped, "file")
         msg = f"{left} left out: {args.format} cannot hold names with a newline"
         _log().warning("export_incomplete", message=msg, skipped=exporter.skipped)
-        return 8
+        return int(ExitCode.INCOMPLETE)
     return 0
 
 
@@ -218,7 +226,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
     if missing:
         msg = f"{len(missing)} listed files were not found and are not in the baseline"
         _log().warning("import_incomplete", message=msg, first=os.fsdecode(missing[0]))
-        return 8
+        return int(ExitCode.INCOMPLETE)
     return 0
 
 
@@ -428,9 +436,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(e.exit_code)
     except Exception as e:  # a bug: still one line and a documented code, not a traceback
         _log().error(
-            "internal_error", message=f"internal error: {e!r}", exit_code=19, exc_info=True
+            "internal_error",
+            message=f"internal error: {e!r}",
+            exit_code=int(Fatal.INTERNAL),
+            exc_info=True,
         )
-        return 19
+        return int(Fatal.INTERNAL)
     finally:
         if clean_up is not None:
             clean_up()

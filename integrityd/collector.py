@@ -21,8 +21,9 @@ from collections.abc import Iterator
 from multiprocessing.connection import Connection
 
 from integrityd import logsetup
-from integrityd.errors import IntegritydError
+from integrityd.errors import ExitCode, Fatal, IntegritydError
 from integrityd.events import (
+    ErrorType,
     Failed,
     FileState,
     Finding,
@@ -36,7 +37,7 @@ from integrityd.events import (
     Summary,
 )
 from integrityd.hashing import failed
-from integrityd.manifest import BaselineReader, ManifestStore, Mode, guard
+from integrityd.manifest import BaselineReader, ManifestStore, guard
 from integrityd.report import (
     FINDING_BITS,
     Context,
@@ -50,13 +51,6 @@ from integrityd.report import (
 log = logsetup.get_logger()
 
 
-_MODES: dict[str, Mode] = {
-    "init": "create",
-    "accept": "write",
-    "check": "read",
-    "verify": "progress",  # on a manifest it may not write, verify still verifies
-}
-_VERBS = {"init": "baselining", "check": "checking", "accept": "re-hashing", "verify": "verifying"}
 CHECKPOINT_S = 2.0  # verify commits its progress this often, so an interruption loses little
 
 
@@ -68,10 +62,10 @@ def run(data: Connection, ctl: Connection, job: Job) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logsetup.configure(job.log)
-    if job.command == "watch":
+    if job.policy.live:
         _watch(data, ctl, job)
         return
-    mode = _MODES[job.command]
+    mode = job.policy.manifest
     try:
         with ManifestStore.open(job.manifest, mode) as store:
             if mode == "progress" and not store.writable:
@@ -94,10 +88,10 @@ def run(data: Connection, ctl: Connection, job: Job) -> None:
         ctl.send(Failed(type(e).__name__, str(e), e.exit_code))
     except Exception as e:
         log.exception("collector_failed")
-        ctl.send(Failed("CollectorDied", f"internal error in the collector: {e!r}", 19))
+        ctl.send(Failed("CollectorDied", f"internal error in the collector: {e!r}", Fatal.INTERNAL))
 
 
-def _unlisted(path: bytes, kind: str, message: str, old: FileState | None) -> Finding:
+def _unlisted(path: bytes, kind: ErrorType, message: str, old: FileState | None) -> Finding:
     """The finding for a directory that could not be listed."""
     return Finding("unreadable", path, old, failed(path, kind, message))
 
@@ -121,9 +115,9 @@ class _Collector:
         self.files = 0
         self.bytes = 0
         self.unverified = 0
-        self.progress = Progress(sys.stderr if job.progress else None, _VERBS[job.command])
+        self.progress = Progress(sys.stderr if job.progress else None, job.policy.verb)
         self.checkpoint = time.monotonic()
-        if job.progress and job.command in ("check", "accept"):
+        if job.progress and job.policy.counts_total:
             totals = [store.totals_below(s.start) for s in job.scopes]
             self.progress.set_total(sum(n + 1 for n, _ in totals), sum(b for _, b in totals))
 
@@ -167,7 +161,7 @@ class _Collector:
 
     def finish(self) -> Summary:
         """Record the roots, then total up."""
-        if self.job.command in ("init", "accept"):
+        if self.job.policy.writes:
             for scope in self.job.scopes:
                 if scope.start == scope.root.path:
                     try:
@@ -175,15 +169,14 @@ class _Collector:
                     except OSError:
                         device = 0
                     self.store.put_root(scope.root, device)
-        verification = self.verification() if self.job.command == "verify" else None
+        verification = self.verification() if self.job.policy.verifies else None
         status = 0
         for kind, n in self.counts.items():
             if n:
                 status |= FINDING_BITS[kind]
         if self.unverified:
-            status |= 8
-        if self.job.command in ("init", "accept"):
-            status &= 8  # what init and accept found is now the baseline
+            status |= ExitCode.INCOMPLETE
+        status &= self.job.policy.exit_bits  # what init and accept found is the baseline now
         return Summary(
             command=self.job.command,
             files=self.files,
@@ -252,7 +245,7 @@ def _watch(data: Connection, ctl: Connection, job: Job) -> None:
         ctl.send(Failed(type(e).__name__, str(e), e.exit_code))
     except Exception as e:
         log.exception("collector_failed")
-        ctl.send(Failed("CollectorDied", f"internal error in the collector: {e!r}", 19))
+        ctl.send(Failed("CollectorDied", f"internal error in the collector: {e!r}", Fatal.INTERNAL))
     finally:
         live.close()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from integrityd.events import FileState, Finding
+from integrityd.events import Action, FileState, Finding
 
 # Attribute name in the config → (FileState field, name in events, as in ECS ``file.*``).
 _METADATA = (
@@ -50,7 +50,7 @@ def classify(old: FileState | None, new: FileState, attrs: frozenset[str]) -> Fi
     return Finding(action, new.path, old, new, tuple(changes))
 
 
-def _content_action(old: FileState, new: FileState) -> str:
+def _content_action(old: FileState, new: FileState) -> Action:
     if old.size == new.size and old.mtime_ns == new.mtime_ns:
         return "corrupted"
     if new.mtime_ns < old.mtime_ns:

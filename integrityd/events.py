@@ -13,8 +13,16 @@ from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, cast
 
 from integrityd.config import LogConfig, RootConfig
+from integrityd.policy import POLICIES, Command, Policy
 
-Command = Literal["init", "check", "accept", "verify", "watch"]
+Action = Literal[
+    "added", "removed", "modified", "backdated", "metadata", "corrupted", "unreadable",
+    "restored",
+]  # fmt: skip
+"""A finding's ``event.action``: the README's table of events says what each means."""
+
+ErrorType = Literal["permission", "io", "os", "changing", "worker_died"]
+"""Why a file or directory could not be verified: ``error.type`` in the events."""
 
 # Hints the walker gives the hash workers, from the directory entry's type.
 HINT_FILE = "f"
@@ -59,7 +67,7 @@ class FileState(NamedTuple):
     gid: int
     sha256: bytes | None
     target: bytes | None  # a symlink's target
-    error_type: str | None = None  # why it could not be verified: permission, io, changing, ...
+    error_type: ErrorType | None = None  # why it could not be verified
     error: str | None = None
 
     def recorded(self) -> tuple[object, ...]:
@@ -101,6 +109,11 @@ class Job:
     log: LogConfig = field(default_factory=LogConfig)
     max_rate: int | None = None  # bytes/s read by all workers together
     idle: bool = False  # idle I/O class and lowest CPU priority for the workers
+
+    @property
+    def policy(self) -> Policy:
+        """What this job's command does: its row of policy.POLICIES."""
+        return POLICIES[self.command]
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +194,7 @@ class Summary:
 class Finding:
     """One difference between the baseline (``old``) and now (``new``)."""
 
-    action: str  # added, removed, modified, metadata, corrupted, unreadable
+    action: Action
     path: bytes
     old: FileState | None
     new: FileState | None
@@ -196,7 +209,7 @@ class Report(NamedTuple):
     findings: list[Finding]
     rows: list[tuple[object, ...]]  # manifest rows to write (init, accept)
     deletes: list[bytes]  # paths to drop from the baseline, with everything below them
-    unreadable_dirs: list[tuple[bytes, str, str]]  # (directory, error type, message)
+    unreadable_dirs: list[tuple[bytes, ErrorType, str]]  # (directory, error type, message)
     verified: list[tuple[bytes, bytes]]  # verify: (parent, name) read and compared
     matched: list[bytes]  # watch: paths found as in the baseline (or absent from both)
     # time.monotonic() when the task began (0.0: unknown, older than any): every file in

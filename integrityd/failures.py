@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import errno
 
+from integrityd.events import ErrorType
 
-def error_type(e: OSError) -> str:
+
+def error_type(e: OSError) -> ErrorType:
     """``permission``, ``io`` (the device failed: EIO), or ``os`` for anything else."""
     if e.errno in (errno.EACCES, errno.EPERM):
         return "permission"

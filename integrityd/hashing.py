@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import overload
 
-from integrityd.events import HINT_FILE, FileState
+from integrityd.events import HINT_FILE, ErrorType, FileState
 from integrityd.failures import describe, error_type
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
@@ -114,7 +114,7 @@ def missing(path: bytes) -> FileState:
     return FileState(path, "missing", 0, 0, 0, 0, 0, 0, 0, None, None)
 
 
-def failed(path: bytes, error_type: str, error: str) -> FileState:
+def failed(path: bytes, error_type: ErrorType, error: str) -> FileState:
     """A file that could not be verified; it keeps its baseline entry."""
     return FileState(path, "unknown", 0, 0, 0, 0, 0, 0, 0, None, None, error_type, error)
 

@@ -19,11 +19,12 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
-from typing import Any, Literal, Self
+from typing import Any, Self
 
 from integrityd.config import DEFAULT_CHECK, RootConfig
 from integrityd.errors import ManifestCorrupt, ManifestError, ManifestLocked
 from integrityd.events import RECORDED, FileState
+from integrityd.policy import Mode
 
 # Python's sqlite3 binds int, float and str directly, but looks for an adapter for any other
 # type, and a failed look-up raises and discards an AttributeError: about 1.3 µs for every
@@ -74,9 +75,6 @@ CREATE TEMP TABLE findings (path BLOB NOT NULL, data TEXT NOT NULL);
 Blob = bytes | bytearray
 Row = tuple[Blob, Blob, str, int, int, int, int, int, int, int, Blob | None, Blob | None]
 """A manifest row as written: (parent, name, type, ..., sha256, target)."""
-
-Mode = Literal["read", "progress", "write", "create"]
-"""``progress``: write if this user may (verify's progress), else read and say so."""
 
 
 def journal_files(path: bytes) -> frozenset[bytes]:

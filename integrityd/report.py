@@ -16,14 +16,17 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from integrityd.errors import ExitCode
 from integrityd.events import FileState, Finding, Summary
+from integrityd.policy import POLICIES
 
 _PLAIN = re.compile(rb"[\x20-\x5b\x5d-\x7e]*")
 _ESCAPE = re.compile(r"\\(\\|x[0-9a-fA-F]{2})")
 _ECS_TYPE = {"added": "creation", "removed": "deletion", "unreadable": "info"}
+_C = ExitCode.CHANGED
 FINDING_BITS = {
-    "added": 1, "removed": 2, "modified": 4, "backdated": 4, "metadata": 4, "corrupted": 4,
-    "unreadable": 8, "restored": 0,
+    "added": ExitCode.ADDED, "removed": ExitCode.REMOVED, "modified": _C, "backdated": _C,
+    "metadata": _C, "corrupted": _C, "unreadable": ExitCode.INCOMPLETE, "restored": ExitCode.OK,
 }  # fmt: skip
 KINDS = ("added", "removed", "modified", "backdated", "metadata", "corrupted", "unreadable")
 
@@ -193,7 +196,7 @@ def summary_event(s: Summary, ctx: Context | None = None) -> dict[str, Any]:
             "dataset": f"integrityd.{s.command}",
             "action": "summary",
             "duration": round(s.seconds * 1e9),
-            "outcome": "failure" if s.status & 8 else "success",
+            "outcome": "failure" if s.status & ExitCode.INCOMPLETE else "success",
         },
         "summary": {
             "command": s.command,
@@ -204,7 +207,7 @@ def summary_event(s: Summary, ctx: Context | None = None) -> dict[str, Any]:
             **{k: s.counts.get(k, 0) for k in KINDS},
             "unverified": s.unverified,
             "exit_code": s.status,
-            **({"restored": s.counts.get("restored", 0)} if s.command == "watch" else {}),
+            **({"restored": s.counts.get("restored", 0)} if POLICIES[s.command].live else {}),
             **(s.verification or {}),
         },
     }
@@ -266,13 +269,14 @@ def summary_text(s: Summary) -> str:
             "(content or directory unreadable)"
         )
     differences = sum(s.counts.get(k, 0) for k in KINDS if k != "unreadable")
-    if s.command in ("check", "verify"):
+    ending = POLICIES[s.command].ending
+    if ending == "differences":
         tail.append(
             "  all files match the baseline"
             if not differences and not s.status
             else f"  {count(differences, 'difference')} (exit code {s.status})"
         )
-    elif s.command == "accept":
+    elif ending == "accepted":
         tail.append(f"  {count(differences, 'change')} accepted into the baseline")
     if s.verification:
         v = s.verification

@@ -20,6 +20,7 @@ from integrityd.compare import classify
 from integrityd.events import (
     HINT_FILE,
     DirTask,
+    ErrorType,
     FileState,
     FileTask,
     Finding,
@@ -61,7 +62,7 @@ class _Found:
         self.findings: list[Finding] = []
         self.rows: list[tuple[object, ...]] = []
         self.deletes: list[bytes] = []
-        self.unreadable_dirs: list[tuple[bytes, str, str]] = []
+        self.unreadable_dirs: list[tuple[bytes, ErrorType, str]] = []
         self.verified: list[tuple[bytes, bytes]] = []
         self.matched: list[bytes] = []
         self._parent = b""
@@ -96,10 +97,11 @@ class Scanner:
     ) -> None:
         self.job = job
         self.hungry = hungry
-        self.writes = job.command in ("init", "accept")
-        self.initialises = job.command == "init"
-        self.verifies = job.command == "verify"
-        self.watches = job.command == "watch"
+        policy = job.policy
+        self.writes = policy.writes
+        self.initialises = not policy.compares  # init: records what it finds, compares nothing
+        self.verifies = policy.verifies
+        self.watches = policy.live
         if budget_s is None:
             budget_s = WATCH_TASK_BUDGET_S if self.watches else TASK_BUDGET_S
         self.budget_s = budget_s
@@ -338,7 +340,7 @@ class Scanner:
         excluded = old.path in self.job.skip or self.excluders[scope].excludes(
             relative(root, old.path)
         )
-        if not excluded and self.job.command != "init":
+        if not excluded and not self.initialises:
             found.findings.append(Finding("removed", old.path, old, None))
             if old.type == "dir":
                 found.findings.extend(
@@ -351,7 +353,9 @@ class Scanner:
 def lost_report(task: Task, reason: str) -> Report:
     """What to report for a task that no worker could finish: its paths are unverifiable."""
     if isinstance(task, DirTask):
-        lost = [(path, "worker_died", reason) for path in task.paths]
+        lost: list[tuple[bytes, ErrorType, str]] = [
+            (path, "worker_died", reason) for path in task.paths
+        ]
         return Report(0, 0, [], [], [], lost, [], [])
     findings = [
         Finding("unreadable", p, None, failed(p, "worker_died", reason)) for p in task.paths

@@ -12,7 +12,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from integrityd.events import HINT_FILE, HINT_OTHER
+from integrityd.events import HINT_FILE, HINT_OTHER, ErrorType
 from integrityd.exclude import Excluder
 from integrityd.failures import describe, error_type
 
@@ -40,7 +40,7 @@ class Listing:
     # them from this instead of asking the kernel a second time.
     dir_stats: dict[bytes, os.stat_result] = field(default_factory=dict)
     error: str | None = None  # why it could not be listed, for people
-    error_type: str | None = None  # and for programs: permission, io, os
+    error_type: ErrorType | None = None  # and for programs
     fd: int | None = None  # the directory, open: the caller reads its entries relative to it
 
 

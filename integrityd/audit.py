@@ -22,113 +22,26 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import signal
 import stat
-import threading
 import time
 from collections.abc import Iterator
 
 from integrityd import collector, scan
-from integrityd.config import Budget, Config, RootConfig
-from integrityd.errors import ManifestError, RootError, UsageError
-from integrityd.events import (
+from integrityd.config import Budget, Config
+from integrityd.hashing import Pace
+from integrityd.manifest import ManifestStore
+from integrityd.messages import (
     DirTask,
     FileTask,
     Job,
     NewCycle,
-    Scope,
     Summary,
     Task,
 )
-from integrityd.hashing import Pace
-from integrityd.manifest import ManifestStore
 from integrityd.pipeline import CollectorHandle, WorkerPool
-from integrityd.policy import POLICIES, Command
-from integrityd.walk import covers
+from integrityd.signals import ignore_stop_signals
 
 VERIFY_BATCH = 256  # files per verify task
-
-
-def _stored_roots(manifest: bytes, command: Command) -> tuple[list[RootConfig], dict[bytes, int]]:
-    try:
-        with ManifestStore.open(manifest, "read") as store, store.guard():
-            return store.roots(), store.root_devices()
-    except ManifestError:
-        if not POLICIES[command].needs_baseline:
-            return [], {}  # a new manifest, or one init will report on properly
-        raise
-
-
-def _check_root(root: bytes, device: int | None) -> None:
-    """Refuse a root that looks unmounted, rather than report every file as removed."""
-    name = os.fsdecode(root)
-    try:
-        st = os.stat(root)
-        if stat.S_ISDIR(st.st_mode):
-            with os.scandir(root) as entries:
-                empty = next(entries, None) is None  # one entry is enough to know
-        else:
-            empty = False
-    except OSError as e:
-        raise RootError(f"root {name} cannot be read: {e.strerror}") from e
-    if device and st.st_dev != device:
-        msg = f"root {name} is on another filesystem than when it was baselined"
-        raise RootError(
-            f"{msg} (device {device:#x}, now {st.st_dev:#x}); is the right disk mounted?"
-        )
-    if empty:
-        raise RootError(f"root {name} is empty but has a baseline; is the filesystem mounted?")
-
-
-def resolve_scopes(
-    command: Command, cfg: Config, manifest: bytes, paths: list[bytes]
-) -> tuple[Scope, ...]:
-    """Decide what to scan, and with which root's options, from the CLI, config and manifest."""
-    stored, devices = _stored_roots(manifest, command)
-    needs_baseline = POLICIES[command].needs_baseline
-    known = [*cfg.roots, *sorted(stored, key=lambda r: len(r.path), reverse=True)]
-    name = os.fsdecode(manifest)
-    scopes: list[Scope] = []
-    if paths:
-        for p in paths:
-            root = next((r for r in known if covers(r.path, p)), None)
-            if root is None:
-                if needs_baseline:
-                    msg = f"{os.fsdecode(p)} has no baseline in {name}; run 'integrityd init' first"
-                    raise ManifestError(msg)
-                root = RootConfig(path=p)
-            scopes.append(Scope(root, p))
-    elif cfg.roots:
-        for r in cfg.roots:
-            if needs_baseline and not any(covers(s.path, r.path) for s in stored):
-                msg = f"root {os.fsdecode(r.path)} from the config has no baseline in {name}"
-                raise ManifestError(f"{msg}; run 'integrityd init' first")
-            scopes.append(Scope(r, r.path))
-    elif not needs_baseline:
-        raise UsageError(f"{command} needs PATHs to baseline, or a config (-c) that lists roots")
-    else:
-        if not stored:
-            raise ManifestError(
-                f"manifest {name} holds no baseline yet; run 'integrityd init' first"
-            )
-        scopes = [Scope(r, r.path) for r in stored]
-    return _distinct(command, scopes, devices)
-
-
-def _distinct(
-    command: Command, scopes: list[Scope], devices: dict[bytes, int]
-) -> tuple[Scope, ...]:
-    """Drop scopes nested in others (they would be scanned twice); check that each exists."""
-    starts = [s.start for s in scopes]
-    unique = {
-        s.start: s for s in scopes if not any(o != s.start and covers(o, s.start) for o in starts)
-    }
-    for s in unique.values():
-        if not os.path.lexists(s.start):
-            raise RootError(f"{os.fsdecode(s.start)} does not exist (is the filesystem mounted?)")
-        if POLICIES[command].checks_device and s.root.path in devices:
-            _check_root(s.root.path, devices[s.root.path])
-    return tuple(unique.values())
 
 
 def run(job: Job, cfg: Config, budget: Budget | None = None) -> Summary:
@@ -170,7 +83,7 @@ def run(job: Job, cfg: Config, budget: Budget | None = None) -> Summary:
             pool.run(
                 _verify_tasks(job, budget or Budget(), handle) if job.policy.verifies else None
             )
-        _ignore_signals()  # past this point the collector commits: let it finish
+        ignore_stop_signals()  # past this point the collector commits: let it finish
         return handle.finish()
     finally:
         handle.close()
@@ -209,9 +122,3 @@ def _verify_tasks(job: Job, budget: Budget, handle: CollectorHandle) -> Iterator
                     batch, size = [], 0
             if batch:
                 yield FileTask(tuple(batch), i)
-
-
-def _ignore_signals() -> None:
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)

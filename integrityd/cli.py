@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from integrityd.config import Budget, Config
-    from integrityd.events import FileState
+    from integrityd.messages import FileState
     from integrityd.policy import Command
 
 FORKSERVER_PRELOAD = ["integrityd.collector", "integrityd.scan"]
@@ -83,13 +83,14 @@ def _load(args: argparse.Namespace) -> Config:
 
 def _audit(command: Command, args: argparse.Namespace, budget: Budget | None = None) -> int:
     from integrityd import audit  # noqa: PLC0415 - see the module docstring
-    from integrityd.events import Job  # noqa: PLC0415
     from integrityd.manifest import journal_files  # noqa: PLC0415
+    from integrityd.messages import Job  # noqa: PLC0415
+    from integrityd.scopes import resolve_scopes  # noqa: PLC0415
 
     cfg = _load(args)
     manifest = _manifest(args, cfg)
     paths = [_abs(p) for p in args.paths]
-    scopes = audit.resolve_scopes(command, cfg, manifest, paths)
+    scopes = resolve_scopes(command, cfg, manifest, paths)
     json_out = args.json or (not sys.stdout.isatty() and cfg.report == "json")
     job = Job(
         command=command,

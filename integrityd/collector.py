@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import pickle
-import signal
 import sqlite3
 import sys
 import time
@@ -22,7 +21,9 @@ from multiprocessing.connection import Connection
 
 from integrityd import logsetup
 from integrityd.errors import ExitCode, Fatal, IntegritydError
-from integrityd.events import (
+from integrityd.failures import failed
+from integrityd.manifest import BaselineReader, ManifestStore, guard
+from integrityd.messages import (
     ErrorType,
     Failed,
     FileState,
@@ -33,11 +34,9 @@ from integrityd.events import (
     NewCycle,
     Ping,
     Ready,
-    Report,
     Summary,
+    TaskResult,
 )
-from integrityd.hashing import failed
-from integrityd.manifest import BaselineReader, ManifestStore, guard
 from integrityd.report import (
     FINDING_BITS,
     Context,
@@ -47,6 +46,7 @@ from integrityd.report import (
     summary_text,
     text_lines,
 )
+from integrityd.signals import ignore_stop_signals
 
 log = logsetup.get_logger()
 
@@ -56,11 +56,7 @@ CHECKPOINT_S = 2.0  # verify commits its progress this often, so an interruption
 
 def run(data: Connection, ctl: Connection, job: Job) -> None:
     """Process entry point: report Ready, then Summary or Failed on ``ctl``."""
-    # The main process owns shutdown (closing its input, or SIGKILL); a signal sent to the
-    # whole process group (Ctrl-C, KillMode=control-group, timeout(1)) must not end us
-    # mid-task while main stops everything in order.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ignore_stop_signals()  # main stops us by closing our input, or with SIGKILL
     logsetup.configure(job.log)
     if job.policy.live:
         _watch(data, ctl, job)
@@ -84,11 +80,16 @@ def run(data: Connection, ctl: Connection, job: Job) -> None:
                 store.commit()
             collector.write_report(summary)
         ctl.send(summary)
-    except IntegritydError as e:
-        ctl.send(Failed(type(e).__name__, str(e), e.exit_code))
     except Exception as e:
-        log.exception("collector_failed")
-        ctl.send(Failed("CollectorDied", f"internal error in the collector: {e!r}", Fatal.INTERNAL))
+        ctl.send(_failure(e))
+
+
+def _failure(e: Exception) -> Failed:
+    """What main is told when the collector cannot go on: ours, or a bug (logged here)."""
+    if isinstance(e, IntegritydError):
+        return Failed(type(e).__name__, str(e), e.exit_code)
+    log.exception("collector_failed")
+    return Failed("CollectorDied", f"internal error in the collector: {e!r}", Fatal.INTERNAL)
 
 
 def _unlisted(path: bytes, kind: ErrorType, message: str, old: FileState | None) -> Finding:
@@ -124,7 +125,7 @@ class _Collector:
     def receive(self, data: Connection) -> bool:
         """Consume reports until Finish; False if the main process vanished first."""
         for msg in _messages(data):
-            if isinstance(msg, Report):
+            if isinstance(msg, TaskResult):
                 self.report(msg)
             elif isinstance(msg, NewCycle) and self.store.writable:
                 self.store.start_cycle(msg.root, msg.ns)
@@ -132,7 +133,7 @@ class _Collector:
                 return True
         return False
 
-    def report(self, r: Report) -> None:
+    def report(self, r: TaskResult) -> None:
         self.files += r.files
         self.bytes += r.nbytes
         for f in r.findings:
@@ -233,7 +234,7 @@ def _watch(data: Connection, ctl: Connection, job: Job) -> None:
             pass  # a damaged or foreign manifest fails here, before the daemon says READY
         live = _Live(job)
     except IntegritydError as e:
-        ctl.send(Failed(type(e).__name__, str(e), e.exit_code))
+        ctl.send(_failure(e))
         return
     ctl.send(Ready())
     try:
@@ -241,11 +242,8 @@ def _watch(data: Connection, ctl: Connection, job: Job) -> None:
             summary = live.receive(data, ctl)
         if summary is not None:
             ctl.send(summary)
-    except IntegritydError as e:
-        ctl.send(Failed(type(e).__name__, str(e), e.exit_code))
     except Exception as e:
-        log.exception("collector_failed")
-        ctl.send(Failed("CollectorDied", f"internal error in the collector: {e!r}", Fatal.INTERNAL))
+        ctl.send(_failure(e))
     finally:
         live.close()
 
@@ -270,7 +268,7 @@ class _Reported:
     """What was reported, per path that differs now.
 
     Digests of the baseline and the state, and when the task that saw that state began
-    (``Report.started``). On disk (a private temporary SQLite database), so that a storm
+    (``TaskResult.started``). On disk (a private temporary SQLite database), so that a storm
     that changes a million files costs disk, not memory.
     """
 
@@ -340,7 +338,7 @@ class _Live:
     def receive(self, data: Connection, ctl: Connection) -> Summary | None:
         """Consume reports until Finish; None if the main process vanished first."""
         for msg in _messages(data):
-            if isinstance(msg, Report):
+            if isinstance(msg, TaskResult):
                 self.report(msg)
             elif isinstance(msg, Ping):
                 ctl.send(LiveStats(self.files, sum(self.counts.values())))
@@ -352,7 +350,7 @@ class _Live:
                 return self.summary()
         return None
 
-    def report(self, r: Report) -> None:
+    def report(self, r: TaskResult) -> None:
         self.files += r.files
         self.bytes += r.nbytes
         for f in r.findings:

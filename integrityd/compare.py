@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from integrityd.events import Action, FileState, Finding
+from integrityd.messages import Action, FileState, Finding
 
 # Attribute name in the config → (FileState field, name in events, as in ECS ``file.*``).
 _METADATA = (

@@ -17,8 +17,8 @@ import yaml
 from integrityd.config import Config, LogConfig, RootConfig, WatchConfig
 from integrityd.errors import ConfigError
 from integrityd.exclude import problem
+from integrityd.paths import covers
 from integrityd.units import parse_duration, parse_size
-from integrityd.walk import covers
 
 
 def load(path: str, *, roots_exist: bool = False) -> Config:

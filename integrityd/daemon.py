@@ -38,15 +38,16 @@ from types import FrameType
 from watchdog.observers.api import ObservedWatch
 from watchdog.observers.inotify import InotifyObserver
 
-from integrityd import audit, collector, config, configfile, logsetup, scan, watchplan
+from integrityd import collector, config, configfile, logsetup, scan, watchplan
 from integrityd.config import Config
 from integrityd.errors import IntegritydError, ManifestLocked, RootError
-from integrityd.events import DirTask, FileTask, Job, LiveStats, Ping, Scope, Task
 from integrityd.manifest import journal_files
+from integrityd.messages import DirTask, FileTask, Job, LiveStats, Ping, Scope, Task
 from integrityd.notify import Notifier
+from integrityd.paths import covers
 from integrityd.pipeline import CollectorHandle, WorkerPool
 from integrityd.report import count
-from integrityd.walk import covers
+from integrityd.scopes import resolve_scopes
 from integrityd.watch import (
     EVENT_FILTER,
     FILE,
@@ -222,7 +223,7 @@ class Daemon:
         return 0
 
     def _resolve(self, cfg: Config) -> tuple[Scope, ...]:
-        scopes = audit.resolve_scopes("watch", cfg, self.manifest, [])
+        scopes = resolve_scopes("watch", cfg, self.manifest, [])
         for s in scopes:
             if not os.path.isdir(s.start):
                 raise RootError(f"root {os.fsdecode(s.start)} is not a directory; watch needs one")

@@ -1,4 +1,4 @@
-"""What an OSError on an input file or directory means, in the words of our events.
+"""A file that could not be verified, or is not there: states, and what an OSError means.
 
 Both the walk (a directory it cannot list) and the hasher (a file it cannot read) turn
 an OSError into data: ``error.type`` for programs, ``error.message`` for people.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import errno
 
-from integrityd.events import ErrorType
+from integrityd.messages import ErrorType, FileState
 
 
 def error_type(e: OSError) -> ErrorType:
@@ -23,3 +23,13 @@ def error_type(e: OSError) -> ErrorType:
 def describe(e: OSError) -> str:
     """The system's own words ("Permission denied"): ``error.type`` says the kind already."""
     return e.strerror or str(e)
+
+
+def missing(path: bytes) -> FileState:
+    """The file vanished between the walk and the hashing: it is simply not there."""
+    return FileState(path, "missing", 0, 0, 0, 0, 0, 0, 0, None, None)
+
+
+def failed(path: bytes, error_type: ErrorType, error: str) -> FileState:
+    """A file that could not be verified; it keeps its baseline entry."""
+    return FileState(path, "unknown", 0, 0, 0, 0, 0, 0, 0, None, None, error_type, error)

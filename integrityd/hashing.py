@@ -31,8 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import overload
 
-from integrityd.events import HINT_FILE, ErrorType, FileState
-from integrityd.failures import describe, error_type
+from integrityd.failures import describe, error_type, failed, missing
+from integrityd.messages import HINT_FILE, FileState
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 _NOATIME = getattr(os, "O_NOATIME", 0)
@@ -107,16 +107,6 @@ def settled_before() -> int:
     Only for a directory whose filesystem ``Hasher.trusts_clock()``; ask before opening.
     """
     return time.time_ns() - SETTLE_NS
-
-
-def missing(path: bytes) -> FileState:
-    """The file vanished between the walk and the hashing: it is simply not there."""
-    return FileState(path, "missing", 0, 0, 0, 0, 0, 0, 0, None, None)
-
-
-def failed(path: bytes, error_type: ErrorType, error: str) -> FileState:
-    """A file that could not be verified; it keeps its baseline entry."""
-    return FileState(path, "unknown", 0, 0, 0, 0, 0, 0, 0, None, None, error_type, error)
 
 
 PACE_CREDIT_S = 0.5  # --max-rate: time not used to read is credited up to this much

@@ -21,9 +21,9 @@ import stat
 from collections.abc import Iterable, Iterator
 
 from integrityd.errors import FormatError
-from integrityd.events import FileState
 from integrityd.hashing import from_stat
-from integrityd.manifest import split
+from integrityd.messages import FileState
+from integrityd.paths import split
 
 FORMATS = ("sha256sum", "bsd", "hashdeep", "mtree")
 

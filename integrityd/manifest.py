@@ -23,7 +23,8 @@ from typing import Any, Self
 
 from integrityd.config import DEFAULT_CHECK, RootConfig
 from integrityd.errors import ManifestCorrupt, ManifestError, ManifestLocked
-from integrityd.events import RECORDED, FileState
+from integrityd.messages import RECORDED, FileState
+from integrityd.paths import join, split
 from integrityd.policy import Mode
 
 # Python's sqlite3 binds int, float and str directly, but looks for an adapter for any other
@@ -99,25 +100,6 @@ def row(parent: bytearray, name: bytes, state: FileState) -> Row:
         None if s.sha256 is None else bytearray(s.sha256),
         None if s.target is None else bytearray(s.target),
     )  # fmt: skip
-
-
-def split(path: bytes) -> tuple[bytes, bytes]:
-    """(parent, name) of an absolute, normalised path; ``/`` itself is (``""``, ``/``).
-
-    ``/`` has no parent: stored under its own name as a child of ``/`` (as schema 1 did,
-    with the name ``""``), it was listed among its own entries and read as removed.
-    """
-    if path == b"/":
-        return b"", b"/"
-    parent, name = os.path.split(path)
-    return parent, name
-
-
-def join(parent: bytes, name: bytes) -> bytes:
-    """Inverse of ``split``."""
-    if not parent:
-        return name
-    return parent.rstrip(b"/") + b"/" + name
 
 
 _IN_LIMIT = 500  # names per IN (...): far below SQLite's limit on bound parameters

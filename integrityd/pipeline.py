@@ -24,11 +24,11 @@ from multiprocessing import util
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkContext, ForkServerContext
 from multiprocessing.process import BaseProcess
-from typing import Any, Protocol, Self
+from typing import Any, Self
 
 from integrityd import errors, logsetup
 from integrityd.errors import CollectorDied, IntegritydError, WorkerDied
-from integrityd.events import Failed, Finish, LiveStats, Ready, Summary, Task
+from integrityd.messages import Failed, Finish, LiveStats, Ready, Summary, Task
 
 log = logsetup.get_logger()
 
@@ -39,12 +39,6 @@ STOP_TIMEOUT_S = 5.0
 
 
 _Item = tuple[Task, int, bool]  # (task, earlier tries, urgent)
-
-
-class Hunger(Protocol):
-    """A counter in memory shared with the workers: how many of them wait for work."""
-
-    value: int
 
 
 class SharedCount:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from integrityd.errors import ExitCode
-from integrityd.events import FileState, Finding, Summary
+from integrityd.messages import FileState, Finding, Summary
 from integrityd.policy import POLICIES
 
 _PLAIN = re.compile(rb"[\x20-\x5b\x5d-\x7e]*")

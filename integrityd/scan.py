@@ -11,28 +11,30 @@ from __future__ import annotations
 
 import os
 import pickle
-import signal
 import time
 from multiprocessing.connection import Connection
 
 from integrityd import logsetup
 from integrityd.compare import classify
-from integrityd.events import (
+from integrityd.exclude import Excluder
+from integrityd.failures import failed
+from integrityd.hashing import Hasher, Pace, from_stat, settled_before
+from integrityd.manifest import BaselineReader, row
+from integrityd.messages import (
     HINT_FILE,
     DirTask,
     ErrorType,
     FileState,
     FileTask,
     Finding,
+    Hunger,
     Job,
-    Report,
     Task,
+    TaskResult,
 )
-from integrityd.exclude import Excluder
-from integrityd.hashing import Hasher, Pace, failed, from_stat, settled_before
-from integrityd.manifest import BaselineReader, row, split
-from integrityd.pipeline import Hunger
-from integrityd.walk import Listing, list_dir, relative
+from integrityd.paths import relative, split
+from integrityd.signals import ignore_stop_signals
+from integrityd.walk import Listing, list_dir
 
 log = logsetup.get_logger()
 
@@ -53,7 +55,7 @@ WATCH_TASK_BUDGET_S = 0.0025
 
 
 class _Found:
-    """What a task has found so far; becomes a Report once the task is done."""
+    """What a task has found so far; becomes a TaskResult once the task is done."""
 
     def __init__(self) -> None:
         self.started = time.monotonic()
@@ -75,8 +77,8 @@ class _Found:
             self._parent, self._parent_blob = parent, bytearray(parent)
         self.rows.append(row(self._parent_blob, name, state))
 
-    def report(self) -> Report:
-        return Report(
+    def report(self) -> TaskResult:
+        return TaskResult(
             self.files, self.bytes, self.findings, self.rows, self.deletes, self.unreadable_dirs,
             self.verified, self.matched, self.started,
         )  # fmt: skip
@@ -123,7 +125,7 @@ class Scanner:
         """Release the baseline reader."""
         self.baseline.close()
 
-    def run(self, task: Task) -> tuple[list[Task], Report, int]:
+    def run(self, task: Task) -> tuple[list[Task], TaskResult, int]:
         """Do one task; return the tasks it spawned, what it found and the directories walked.
 
         A recursive DirTask does not stop at its own directories: it goes on into the
@@ -350,17 +352,17 @@ class Scanner:
             found.deletes.append(old.path)
 
 
-def lost_report(task: Task, reason: str) -> Report:
+def lost_report(task: Task, reason: str) -> TaskResult:
     """What to report for a task that no worker could finish: its paths are unverifiable."""
     if isinstance(task, DirTask):
         lost: list[tuple[bytes, ErrorType, str]] = [
             (path, "worker_died", reason) for path in task.paths
         ]
-        return Report(0, 0, [], [], [], lost, [], [])
+        return TaskResult(0, 0, [], [], [], lost, [], [])
     findings = [
         Finding("unreadable", p, None, failed(p, "worker_died", reason)) for p in task.paths
     ]
-    return Report(0, 0, findings, [], [], [], [], [])
+    return TaskResult(0, 0, findings, [], [], [], [], [])
 
 
 _IOPRIO_SET = {"x86_64": 251, "aarch64": 30}  # syscall numbers; the stdlib has no wrapper
@@ -394,11 +396,7 @@ def worker_main(  # noqa: PLR0917 - a Process passes its args by position
     idle: bool,
 ) -> None:
     """Hash worker process: take tasks until the None sentinel or until main is gone."""
-    # The main process owns shutdown (a sentinel, or SIGKILL); a signal sent to the
-    # whole process group (Ctrl-C, KillMode=control-group, timeout(1)) must not end us
-    # mid-task while main stops everything in order.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ignore_stop_signals()  # main stops us with the None sentinel, or with SIGKILL
     logsetup.configure(job.log)
     if idle:
         _be_idle()

@@ -12,22 +12,13 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from integrityd.events import HINT_FILE, HINT_OTHER, ErrorType
 from integrityd.exclude import Excluder
 from integrityd.failures import describe, error_type
+from integrityd.messages import HINT_FILE, HINT_OTHER, ErrorType
+from integrityd.paths import relative
 
 _FS_ENCODING = sys.getfilesystemencoding()
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-
-
-def covers(root: bytes, path: bytes) -> bool:
-    """True if ``path`` is ``root`` or lies below it."""
-    return path == root or path.startswith(root.rstrip(b"/") + b"/")
-
-
-def relative(root: bytes, path: bytes) -> bytes:
-    """``path`` relative to ``root``, without a leading slash; root itself is ``b""``."""
-    return path[len(root.rstrip(b"/")) + 1 :]
 
 
 @dataclass(frozen=True, slots=True)

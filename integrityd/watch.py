@@ -40,9 +40,9 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 
-from integrityd.events import Scope
 from integrityd.exclude import Excluder
-from integrityd.walk import covers, relative
+from integrityd.messages import Scope
+from integrityd.paths import covers, relative
 
 Kind = Literal["f", "d", "t"]
 FILE: Kind = "f"

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from integrityd.exclude import Excluder
-from integrityd.walk import relative
+from integrityd.paths import relative
 
 MAX_GROUPS = 1024  # scheduled watches (emitter threads) in all: about 21 MB at most
 

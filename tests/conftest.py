@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from integrityd.config import RootConfig
-from integrityd.events import Job, Scope
 from integrityd.manifest import journal_files
+from integrityd.messages import Job, Scope
 from integrityd.policy import Command
 
 DROP_DAC = (

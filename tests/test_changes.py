@@ -16,6 +16,7 @@ def make(settle: float = 0.2, max_pending: int = 1000) -> tuple[Changes, list[in
 
 
 def test_complete_changes_are_due_at_once_others_after_settling() -> None:
+    """A closed file is hashed at once (and wakes the loop); one still written waits to settle."""
     c, wakes = make(settle=0.3)
     c.add(FILE, b"/r/closed", 0, quick=True)
     c.add(FILE, b"/r/written", 0, quick=False)
@@ -29,6 +30,7 @@ def test_complete_changes_are_due_at_once_others_after_settling() -> None:
 
 
 def test_many_writes_make_one_entry_and_a_close_ends_the_wait() -> None:
+    """A thousand writes to one file are one pending entry; closing it makes it due at once."""
     c, _ = make(settle=60)
     for _ in range(1000):
         c.add(FILE, b"/r/log", 0, quick=False)
@@ -40,6 +42,7 @@ def test_many_writes_make_one_entry_and_a_close_ends_the_wait() -> None:
 
 
 def test_paths_below_a_pending_directory_scan_are_covered_by_it() -> None:
+    """A pending tree scan covers everything below it, a directory listing its own entries."""
     c, _ = make(settle=60)
     c.add(TREE, b"/r/new", 0, quick=False)
     c.add(FILE, b"/r/new/a/b/c", 0, quick=True)
@@ -52,6 +55,7 @@ def test_paths_below_a_pending_directory_scan_are_covered_by_it() -> None:
 
 
 def test_a_flood_folds_into_directories_then_into_a_root_scan() -> None:
+    """Past max_pending, paths fold into directory listings, and past a tenth more, a scan."""
     c, _ = make(settle=0, max_pending=100)
     for i in range(100):
         c.add(FILE, b"/r/fill/%d" % i, 0, quick=False)
@@ -71,6 +75,7 @@ def test_a_flood_folds_into_directories_then_into_a_root_scan() -> None:
 
 
 def test_threads_adding_while_the_loop_drains_lose_nothing() -> None:
+    """Four threads adding while the loop drains: every path comes out exactly once."""
     c, _ = make(settle=0, max_pending=100_000)
     paths = [b"/r/%d/%d" % (t, i) for t in range(4) for i in range(2000)]
 

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 
 from integrityd.collector import _Live
-from integrityd.events import Finding, Report
 from integrityd.manifest import BaselineReader
+from integrityd.messages import Finding, TaskResult
 
 from .conftest import integrityd, scan_job
 
 
-def report(started: float, findings: list[Finding], matched: list[bytes]) -> Report:
-    return Report(1, 0, findings, [], [], [], [], matched, started)
+def report(started: float, findings: list[Finding], matched: list[bytes]) -> TaskResult:
+    return TaskResult(1, 0, findings, [], [], [], [], matched, started)
 
 
 def test_older_news_of_a_reported_path_is_dropped(

@@ -6,7 +6,7 @@ import pytest
 
 from integrityd.compare import classify
 from integrityd.config import ATTRIBUTES, DEFAULT_CHECK
-from integrityd.events import FileState
+from integrityd.messages import FileState
 
 BASE = FileState(b"/r/f", "file", 10, 1_000, 2_000, 7, 0o644, 0, 0, b"\x01" * 32, None)
 DEFAULT = frozenset(DEFAULT_CHECK)

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from integrityd.events import HINT_FILE, HINT_OTHER
 from integrityd.exclude import Excluder
 from integrityd.hashing import SETTLE_NS, Hasher, from_stat, settled_before
+from integrityd.messages import HINT_FILE, HINT_OTHER
 from integrityd.walk import list_dir
 
 CHUNK = 4096

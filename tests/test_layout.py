@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from integrityd.events import RECORDED, FileState
 from integrityd.manifest import SCHEMA_VERSION, BaselineReader, ManifestStore, row
+from integrityd.messages import RECORDED, FileState
 
 from .conftest import findings, integrityd
 

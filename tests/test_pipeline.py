@@ -7,8 +7,8 @@ import pickle
 import time
 from multiprocessing.connection import Connection
 
-from integrityd.events import DirTask, Task
-from integrityd.pipeline import Hunger, WorkerPool
+from integrityd.messages import DirTask, Hunger, Task
+from integrityd.pipeline import WorkerPool
 
 WORKERS = 4
 DEADLINE_S = 10.0

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from integrityd.errors import ExitCode
-from integrityd.events import Job
+from integrityd.messages import Job
 from integrityd.policy import POLICIES, Command
 
 REPO = Path(__file__).resolve().parent.parent

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from integrityd.events import FileState, Finding, Summary
+from integrityd.messages import FileState, Finding, Summary
 from integrityd.report import (
     count,
     escape_path,

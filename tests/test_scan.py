@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from integrityd.events import DirTask, Report, Task
+from integrityd.messages import DirTask, Task, TaskResult
 from integrityd.pipeline import SharedCount
 from integrityd.scan import HAND_BACK_DIRS, Scanner
 
@@ -41,7 +41,7 @@ def empty_manifest(manifest: Path, tmp_path: Path) -> Path:
 
 def walk(
     root: Path, manifest: Path, budget_s: float, budget_entries: int
-) -> tuple[list[Report], list[int]]:
+) -> tuple[list[TaskResult], list[int]]:
     """Run an ``init`` scan of ``root`` task by task, as the workers would.
 
     Returns each task's report and the number of directories it walked; asserts that a
@@ -65,7 +65,7 @@ def walk(
     return reports, walked
 
 
-def rows(reports: list[Report]) -> list[tuple[object, ...]]:
+def rows(reports: list[TaskResult]) -> list[tuple[object, ...]]:
     """Every row the reports would write, sorted, with its blobs as bytes."""
     return sorted(
         tuple(bytes(v) if isinstance(v, bytearray) else v for v in row)
@@ -125,7 +125,7 @@ def test_leftovers_go_back_as_a_few_tasks_of_several_directories(
 
 def walk_while_waiting(
     root: Path, manifest: Path, waiting: int, readers: int | None = None
-) -> tuple[list[Task], Report, int, int]:
+) -> tuple[list[Task], TaskResult, int, int]:
     """One task on ``root`` with a budget for the whole tree and ``waiting`` idle workers.
 
     Returns what it handed back, its report, the directories it walked and the count of

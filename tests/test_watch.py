@@ -191,6 +191,7 @@ def test_accept_while_watching_moves_the_baseline(
 def test_chown_is_a_metadata_change(
     tree: Path, manifest: Path, watcher: Callable[..., Watcher]
 ) -> None:
+    """A chown raises an attribute event: metadata, with the new uid and gid."""
     w = started(tree, manifest, watcher)
     os.chown(tree / "a.txt", 4321, 4322)
     e = w.wait("metadata", tree / "a.txt")
@@ -476,6 +477,7 @@ def test_collector_death_ends_the_daemon_with_an_error(
 def test_second_daemon_on_one_manifest_is_refused(
     tree: Path, manifest: Path, watcher: Callable[..., Watcher]
 ) -> None:
+    """Two daemons on one manifest would report everything twice: the second exits 20."""
     assert integrityd("init", "-m", manifest, tree).returncode == 0
     first = watcher("-m", manifest)
     first.ready()
@@ -529,6 +531,7 @@ def test_a_manager_that_stops_reading_never_stalls_the_daemon(
 
 
 def test_missing_root_and_bad_config_fail_clearly(tmp_path: Path, manifest: Path) -> None:
+    """No manifest is exit 18, a bad config exit 17 with file:line: key, before READY."""
     r = integrityd("watch", "-m", manifest)
     assert r.returncode == 18
     assert "does not exist" in r.stderr

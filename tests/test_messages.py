@@ -7,7 +7,7 @@ import pickle
 import pytest
 
 from integrityd.config import RootConfig
-from integrityd.events import (
+from integrityd.messages import (
     DirTask,
     Failed,
     FileState,
@@ -16,9 +16,9 @@ from integrityd.events import (
     Finish,
     Job,
     Ready,
-    Report,
     Scope,
     Summary,
+    TaskResult,
 )
 
 STATE = FileState(b"/r/\xff", "file", 1, 2, 3, 4, 0o644, 5, 6, b"\x00" * 32, None)
@@ -28,7 +28,7 @@ MESSAGES = [
     [STATE, STATE._replace(error_type="io", error="EIO")],
     DirTask((b"/r/d", b"/r/e"), 0),
     FileTask((b"/r/a", b"/r/\xfe"), 1),
-    Report(
+    TaskResult(
         2,
         10,
         [Finding("added", b"/r/a", None, STATE)],

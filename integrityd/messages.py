@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple, cast
+from typing import Literal, NamedTuple, Protocol, cast
 
 from integrityd.config import LogConfig, RootConfig
 from integrityd.policy import POLICIES, Command, Policy
@@ -201,7 +201,7 @@ class Finding:
     changes: tuple[str, ...] = ()
 
 
-class Report(NamedTuple):
+class TaskResult(NamedTuple):
     """What one task found, for the collector: only differences, never every file."""
 
     files: int  # entries examined
@@ -215,3 +215,9 @@ class Report(NamedTuple):
     # time.monotonic() when the task began (0.0: unknown, older than any): every file in
     # it was read after this. The daemon's collector orders what it hears of a path by it.
     started: float = 0.0
+
+
+class Hunger(Protocol):
+    """A counter in memory shared with the workers: how many of them wait for work."""
+
+    value: int

@@ -46,6 +46,7 @@ from integrityd.messages import DirTask, FileTask, Job, LiveStats, Ping, Scope, 
 from integrityd.notify import Notifier
 from integrityd.paths import covers
 from integrityd.pipeline import CollectorHandle, WorkerPool
+from integrityd.reloadplan import plan_reload
 from integrityd.report import count
 from integrityd.scopes import resolve_scopes
 from integrityd.watch import (
@@ -621,35 +622,18 @@ class Daemon:
             )
             self.notifier.send(READY=1, STATUS=self._status())
             return
-        known = {self.job.scopes[i]: i for i in self.active}
-        all_scopes = list(self.job.scopes)
-        keep: set[int] = set()
-        added: set[int] = set()
-        for s in scopes:
-            if s in known:
-                keep.add(known[s])
-            else:
-                added.add(len(all_scopes))
-                all_scopes.append(s)
-        removed = self.active - keep
-        ignored = [
-            k
-            for k in ("manifest", "workers", "chunk_size")
-            if getattr(cfg, k) != getattr(self.cfg, k)
-        ]
-        if ignored:
-            log.warning("reload_partial", message="these settings need a restart", keys=ignored)
+        plan = plan_reload(self.job.scopes, frozenset(self.active), self.cfg, cfg, scopes)
+        if plan.restart_needed:
+            log.warning(
+                "reload_partial", message="these settings need a restart", keys=plan.restart_needed
+            )
+        added, removed = plan.added, plan.removed
         self.job = dataclasses.replace(
-            self.job, scopes=tuple(all_scopes), log=cfg.log, json=self.json_out
+            self.job, scopes=plan.scopes, log=cfg.log, json=self.json_out
         )
         logsetup.configure(cfg.log)  # here; the workers and the collector on the new Job
         log.debug("reconfigured", process="main", pid=os.getpid())
-        self.cfg = dataclasses.replace(
-            cfg,
-            manifest=self.cfg.manifest,
-            workers=self.cfg.workers,
-            chunk_size=self.cfg.chunk_size,
-        )
+        self.cfg = plan.config
         self.changes.settle = cfg.watch.settle
         self.changes.max_pending = cfg.watch.max_pending
         self.pool.reconfigure(self.job)
@@ -660,19 +644,19 @@ class Daemon:
                     self.observer.unschedule(watch)
             self.split = {d: k for d, k in self.split.items() if k != i}
             self.unwatched.pop(i, None)
-        self.active = keep | added
-        self.pool.discard(removed)
-        self.changes.drop(removed)
+        self.active = set(plan.active)
+        self.pool.discard(set(removed))
+        self.changes.drop(set(removed))
         assert self.handler is not None
         self.handler.routes = self._routes()
         for i in sorted(added):
             self._watch(i)
         log.info(
             "reloaded",
-            added=[os.fsdecode(all_scopes[i].start) for i in sorted(added)],
-            removed=[os.fsdecode(all_scopes[i].start) for i in sorted(removed)],
+            added=[os.fsdecode(plan.scopes[i].start) for i in sorted(added)],
+            removed=[os.fsdecode(plan.scopes[i].start) for i in sorted(removed)],
         )
-        self._request_scan("root_added", added)
+        self._request_scan("root_added", set(added))
         self.notifier.send(READY=1, STATUS=self._status())
 
 

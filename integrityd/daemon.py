@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import logging
 import math
@@ -348,14 +349,27 @@ class Daemon:
 
     def _schedule(self, i: int, directory: bytes, *, recursive: bool) -> bool:
         """Schedule one watch of root ``i``; False if the kernel's limits refused it."""
-        assert self.observer is not None and self.handler is not None
+        assert self.observer is not None and self.handler is not None and self.job is not None
+        root = directory == self.job.scopes[i].start
         try:
+            # inotify needs read permission, and watchdog 7.1 places no watch and raises
+            # nothing where it is refused (EACCES): ask first, with the effective ids.
+            if not os.access(directory, os.R_OK, effective_ids=True):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
             watch = self.observer.schedule(
                 self.handler, os.fsdecode(directory), recursive=recursive, event_filter=EVENT_FILTER
             )
         except OSError as e:
             if not out_of_watches(e):
-                return True  # gone or unreadable meanwhile: the scan reports what it is
+                if root:  # say so: only the scans cover it now
+                    log.error(
+                        "watch_failed",
+                        message=f"cannot watch {os.fsdecode(directory)}: {e.strerror}; "
+                        "only scans will cover it",
+                        root=os.fsdecode(directory),
+                    )
+                    self.degraded = True
+                return True  # below it, gone or unreadable meanwhile: the scan says which
             if recursive:  # more watches are taken than the plan counted: this one alone
                 return self._schedule(i, directory, recursive=False)
             return False
@@ -401,15 +415,18 @@ class Daemon:
     ) -> None:
         self.degraded = True
         root = None if i is None or self.job is None else os.fsdecode(self.job.scopes[i].start)
+        # Counted by the plan: the limit. Found after a scan: the limit, or a directory
+        # inotify may not watch (no read permission) or that came and went meanwhile.
         what = (
-            "some directories"
+            "some directories cannot be watched (fs.inotify.max_user_watches, or no read "
+            "permission)"
             if unwatched is None
-            else count(unwatched, "directory", "directories")
+            else f"{count(unwatched, 'directory', 'directories')} cannot be watched "
+            "(fs.inotify.max_user_watches)"
         )
         log.warning(
             "watches_missing",
-            message=f"{what} cannot be watched (fs.inotify.max_user_watches); changes there "
-            f"are found by a scan every {DEGRADED_RESCAN_S:.0f} s",
+            message=f"{what}; changes there are found by a scan every {DEGRADED_RESCAN_S:.0f} s",
             root=root,
             watches=process_watch_count(),
             directories=dirs,
@@ -443,7 +460,7 @@ class Daemon:
             if not self._gone(i):
                 self.missing.discard(i)
                 self._watch(i)
-                if i in self.watches:
+                if self.watches.get(i):  # a watch is in place: not refused, not gone again
                     assert self.job is not None
                     log.info("root_watched", root=os.fsdecode(self.job.scopes[i].start))
                     self._request_scan("root_back", {i})

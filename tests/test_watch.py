@@ -25,6 +25,7 @@ import pytest
 from integrityd.watchplan import process_watch_count
 
 from .conftest import (
+    DROP_DAC,
     Event,
     Watcher,
     alive,
@@ -410,6 +411,32 @@ def test_root_removed_and_back(
     w.wait("restored", a / "sub" / "f")
     (a / "h").write_bytes(b"watched again")
     w.wait("added", a / "h")
+    assert w.stop() == 0
+
+
+@pytest.mark.skipif(not DROP_DAC, reason="needs root, to drop CAP_DAC_OVERRIDE")
+def test_a_root_back_but_unreadable_is_said_to_be_unwatched(
+    tmp_path: Path, manifest: Path, watcher: Callable[..., Watcher]
+) -> None:
+    """A root that comes back where inotify may not watch it: watch_failed, not root_watched.
+
+    watchdog 7.1 places no watch and raises nothing where inotify refuses one (EACCES):
+    the daemon said root_watched for a root it did not watch.
+    """
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / "f").write_bytes(b"x")
+    assert integrityd("init", "-m", manifest, a).returncode == 0
+    w = watcher("-c", config(tmp_path, manifest, a), prefix=DROP_DAC)
+    w.ready()
+    w.scanned()
+    shutil.rmtree(a)
+    assert w.log("watch_failed")["message"].endswith("watching it again once it is back")
+    a.mkdir(mode=0o000)  # inotify_add_watch needs read permission: EACCES
+    os.chown(a, 65534, 65534)
+    failed = w.log("watch_failed", count=2)
+    assert failed["message"] == f"cannot watch {a}: Permission denied; only scans will cover it"
+    assert not [e for e in w.logs if e.get("event") == "root_watched"]
     assert w.stop() == 0
 
 

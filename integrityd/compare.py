@@ -41,13 +41,22 @@ def classify(old: FileState | None, new: FileState, attrs: frozenset[str]) -> Fi
             changes.append("size")
         if old.mtime_ns != new.mtime_ns:
             changes.append("mtime")
-    for attr, field, name in _METADATA:
-        if attr in attrs and getattr(old, field) != getattr(new, field) and name not in changes:
-            changes.append(name)
+    changes += _metadata_changes(old, new, attrs, changes)
     if not changes:
         return None
     action = _content_action(old, new) if content else "metadata"
     return Finding(action, new.path, old, new, tuple(changes))
+
+
+def _metadata_changes(
+    old: FileState, new: FileState, attrs: frozenset[str], known: list[str]
+) -> list[str]:
+    """The checked metadata fields (event names) that differ, less those in ``known``."""
+    return [
+        name
+        for attr, field, name in _METADATA
+        if attr in attrs and getattr(old, field) != getattr(new, field) and name not in known
+    ]
 
 
 def _content_action(old: FileState, new: FileState) -> Action:
@@ -67,14 +76,9 @@ def _unread(old: FileState | None, new: FileState, attrs: frozenset[str]) -> Fin
     """
     if old is None or new.type in ("unknown", "missing"):
         return Finding("unreadable", new.path, old, new)
-    changes = [
-        name
-        for attr, field, name in _METADATA
-        if attr in attrs and getattr(old, field) != getattr(new, field)
-    ]
     sized = "content" in attrs and old.type == new.type == "file" and old.size != new.size
-    if sized:
-        changes.insert(0, "size")
+    changes = ["size"] if sized else []
+    changes += _metadata_changes(old, new, attrs, changes)
     if not changes:
         return Finding("unreadable", new.path, old, new)
     return Finding("modified" if sized else "metadata", new.path, old, new, tuple(changes))

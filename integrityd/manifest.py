@@ -242,7 +242,7 @@ class ManifestStore:
         except sqlite3.OperationalError as e:
             if c.in_transaction:
                 c.execute("ROLLBACK")
-            if self.writable or "readonly" not in str(e).replace(" ", ""):
+            if self.writable or not _cannot_write(e):
                 raise
             c.execute("BEGIN")
             for step in range(version + 1, SCHEMA_VERSION + 1):

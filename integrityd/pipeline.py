@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import mmap
 import pickle
-import selectors
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from typing import Any, Self
 
 from integrityd import errors, logsetup
 from integrityd.errors import CollectorDied, IntegritydError, WorkerDied
+from integrityd.eventloop import Loop
 from integrityd.messages import Failed, Finish, LiveStats, Ready, Summary, Task
 
 log = logsetup.get_logger()
@@ -75,6 +75,9 @@ class WorkerPool:
     after each dispatch, and a worker walking a large subtree hands back part of it when
     it reads more than 0. Only workers forked from main share it; the daemon's, forked
     from the process server, get None and keep to their (short) task budget.
+
+    The pool waits on its workers in ``loop``: the daemon passes its own, in which it
+    waits for other things too; without one the pool makes one for itself.
     """
 
     def __init__(
@@ -89,6 +92,7 @@ class WorkerPool:
         guard: Sequence[Any] = (),
         on_guard: Callable[[], None] = lambda: None,
         limits: dict[int, int] | None = None,
+        loop: Loop | None = None,
     ) -> None:
         self._ctx = ctx
         self._count = count
@@ -105,9 +109,12 @@ class WorkerPool:
         self._waiting: Counter[int] = Counter()  # pending tasks per scope
         # One epoll set for the whole run: multiprocessing.connection.wait() would build
         # and fill a new one on every call, which at 16 workers limits the dispatch rate.
-        self._selector = selectors.DefaultSelector()
-        for g in guard:
-            self._selector.register(g, selectors.EVENT_READ, on_guard)
+        self._own_loop = loop is None
+        self._loop = Loop() if loop is None else loop
+        self._guard = tuple(guard)
+        for g in self._guard:
+            self._loop.add_reader(g, on_guard)
+        self._stopped = False
         self._hungry = SharedCount() if isinstance(ctx, ForkContext) else None
         self._restarts_left = 2 * count + 4
         self.restarts = 0
@@ -141,8 +148,8 @@ class WorkerPool:
         child.close()  # so that the worker's death reads as EOF here
         log.debug("worker_started", pid=proc.pid)
         worker = _Worker(proc, parent)
-        self._selector.register(parent, selectors.EVENT_READ, worker)
-        self._selector.register(proc.sentinel, selectors.EVENT_READ, worker)
+        self._loop.add_reader(parent, lambda: self._readable(worker))
+        self._loop.add_reader(proc.sentinel, lambda: self._ended(worker))
         return worker
 
     def submit(self, task: Task, *, urgent: bool = False) -> None:
@@ -169,10 +176,6 @@ class WorkerPool:
         """Urgent tasks waiting for a worker."""
         return len(self._urgent)
 
-    def add_reader(self, fileobj: Any, callback: Callable[[], None]) -> None:  # noqa: ANN401
-        """Call ``callback`` whenever ``fileobj`` is readable (the daemon's wake-up pipe)."""
-        self._selector.register(fileobj, selectors.EVENT_READ, callback)
-
     def run(self, source: Iterator[Task] | None = None) -> None:
         """Carry out every task (those submitted, then ``source``'s) and those they spawn.
 
@@ -188,12 +191,11 @@ class WorkerPool:
             if not self.busy:
                 return
             self._dispatch(source)
-            self._poll(None)
+            self._loop.wait(None)
 
-    def step(self, timeout: float) -> None:
-        """Hand pending tasks to workers, then wait up to ``timeout`` s for anything to happen."""
+    def dispatch(self) -> None:
+        """Hand pending tasks to workers with room for them (the daemon's loop calls this)."""
         self._dispatch(iter(()))
-        self._poll(timeout)
 
     def reconfigure(self, job: Any) -> None:  # noqa: ANN401 - the first of the workers' args
         """Give every worker, and later replacements, a new job; tasks sent before keep the old."""
@@ -250,20 +252,17 @@ class WorkerPool:
         self._waiting[item[0].scope] -= 1
         return item
 
-    def _poll(self, timeout: float | None) -> None:
-        for key, _ in self._selector.select(timeout):
-            worker = key.data
-            if not isinstance(worker, _Worker):
-                worker()  # the collector's pipe, or another reader's callback
-            elif worker not in self._workers:
-                continue  # already replaced during this round
-            elif key.fileobj is worker.conn:
-                try:
-                    self._receive(worker)
-                except (EOFError, OSError):
-                    self._replace(worker)
-            else:
-                self._replace(worker)
+    def _readable(self, worker: _Worker) -> None:
+        if worker not in self._workers:
+            return  # replaced earlier in the same round of the loop
+        try:
+            self._receive(worker)
+        except (EOFError, OSError):
+            self._replace(worker)
+
+    def _ended(self, worker: _Worker) -> None:
+        if worker in self._workers:
+            self._replace(worker)
 
     def _receive(self, worker: _Worker) -> None:
         spawned, walked, report = worker.conn.recv()
@@ -300,12 +299,19 @@ class WorkerPool:
                 self._push(task, tries + 1, urgent)
 
     def _forget(self, worker: _Worker) -> None:
-        self._selector.unregister(worker.conn)
-        self._selector.unregister(worker.proc.sentinel)
+        self._loop.remove_reader(worker.conn)
+        self._loop.remove_reader(worker.proc.sentinel)
         worker.conn.close()
 
     def stop(self, graceful: bool) -> None:
-        """Stop every worker: by sentinel after a normal run, at once after an error."""
+        """Stop every worker: by sentinel after a normal run, at once after an error.
+
+        Idempotent: the daemon stops its pool before the collector finishes, and again
+        on its way out whatever happened.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
         for w in self._workers:
             if graceful:
                 with contextlib.suppress(OSError):  # a dead worker is reaped below all the same
@@ -321,7 +327,11 @@ class WorkerPool:
             self._forget(w)
             w.proc.close()
         self._workers.clear()
-        self._selector.close()
+        if self._own_loop:
+            self._loop.close()
+        else:
+            for g in self._guard:
+                self._loop.remove_reader(g)
 
 
 class CollectorHandle:

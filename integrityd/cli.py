@@ -217,7 +217,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
     rows, missing = baseline_rows(root, parse(args.format, data, args.file))
     with ManifestStore.open(manifest, "create") as store, store.guard():
         store.delete([root])  # the file becomes the whole baseline below the root
-        store.write(rows)  # type: ignore[arg-type]
+        store.write(rows)
         store.put_root(RootConfig(path=root), os.lstat(root).st_dev)
         store.commit()
     from integrityd.report import count  # noqa: PLC0415 - see the module docstring

@@ -24,6 +24,7 @@ from integrityd.errors import ExitCode, Fatal, IntegritydError
 from integrityd.failures import failed
 from integrityd.manifest import BaselineReader, ManifestStore, guard
 from integrityd.messages import (
+    RECORDED,
     ErrorType,
     Failed,
     FileState,
@@ -72,6 +73,8 @@ def run(data: Connection, ctl: Connection, job: Job) -> None:
                 )
             ctl.send(Ready())
             with store.guard():
+                if job.policy.compares and not job.policy.writes:
+                    _say_unrecorded(store)
                 collector = _Collector(store, job)
                 if not collector.receive(data):
                     return  # main went away: leave without committing anything
@@ -82,6 +85,19 @@ def run(data: Connection, ctl: Connection, job: Job) -> None:
         ctl.send(summary)
     except Exception as e:
         ctl.send(_failure(e))
+
+
+def _say_unrecorded(store: ManifestStore) -> None:
+    """Once per run: entries from before schema 3, whose attributes are not compared."""
+    if old := store.unrecorded():
+        log.warning(
+            "attributes_not_recorded",
+            message=f"{old:,} entries of this baseline were recorded before integrityd "
+            "read link counts, device numbers, capabilities, ACLs, SELinux labels, xattrs "
+            "and inode flags; those are compared once the entries are accepted again "
+            "(integrityd accept --all)",
+            entries=old,
+        )
 
 
 def _failure(e: Exception) -> Failed:
@@ -143,7 +159,7 @@ class _Collector:
             self.unverified += self.store.count_below(path)
         if self.store.writable:
             if r.rows:
-                self.store.write(r.rows)  # type: ignore[arg-type]
+                self.store.write(r.rows)
             if r.deletes:
                 self.store.delete(r.deletes)
             if r.verified:
@@ -230,8 +246,9 @@ class _Collector:
 def _watch(data: Connection, ctl: Connection, job: Job) -> None:
     """The daemon's collector: write each finding as it arrives, until Finish."""
     try:
-        with ManifestStore.open(job.manifest, "read"):
-            pass  # a damaged or foreign manifest fails here, before the daemon says READY
+        with ManifestStore.open(job.manifest, "read") as store:
+            # A damaged or foreign manifest fails here, before the daemon says READY.
+            _say_unrecorded(store)
         live = _Live(job)
     except IntegritydError as e:
         ctl.send(_failure(e))
@@ -248,12 +265,20 @@ def _watch(data: Connection, ctl: Connection, job: Job) -> None:
         live.close()
 
 
+_UNSTABLE = frozenset({"mtime_ns", "ctime_ns", "inode"})  # change with every write
+_KEYED = [i for i, name in enumerate(RECORDED) if name not in _UNSTABLE]
+# A directory's link count moves with each subdirectory, and is not compared (compare.py).
+_KEYED_DIR = [i for i in _KEYED if RECORDED[i] != "nlink"]
+
+
 def _key(f: Finding) -> tuple[object, ...]:
-    """What makes a finding new: the state it reports; times change with every write."""
+    """What makes a finding new: the state it reports, but not times, which every write moves."""
     s = f.new
     if s is None:
         return (f.action,)
-    return (f.action, s.type, s.size, s.sha256, s.mode, s.uid, s.gid, s.target, s.error_type)
+    recorded = s.recorded()
+    keyed = _KEYED_DIR if s.type == "dir" else _KEYED
+    return (f.action, *(recorded[i] for i in keyed), s.error_type)
 
 
 def _recorded(s: FileState | None) -> tuple[object, ...] | None:

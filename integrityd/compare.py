@@ -11,10 +11,20 @@ _METADATA = (
     ("uid", "uid", "uid"),
     ("gid", "gid", "gid"),
     ("target", "target", "target_path"),
+    ("rdev", "rdev", "rdev"),
+    ("caps", "caps", "capabilities"),
+    ("acl", "acl", "acl"),
+    ("selinux", "selinux", "selinux"),
+    ("xattrs", "xattrs", "xattrs"),
+    ("flags", "flags", "attributes"),
+    ("nlink", "nlink", "nlink"),
     ("inode", "inode", "inode"),
     ("ctime", "ctime_ns", "ctime"),
     ("mtime", "mtime_ns", "mtime"),
 )
+# Fields a baseline may lack (None: made before they were recorded, or not read): never
+# compared while either side lacks them.
+_OPTIONAL = frozenset({"nlink", "rdev", "flags", "caps", "acl", "selinux", "xattrs"})
 
 
 def classify(old: FileState | None, new: FileState, attrs: frozenset[str]) -> Finding | None:
@@ -52,11 +62,16 @@ def _metadata_changes(
     old: FileState, new: FileState, attrs: frozenset[str], known: list[str]
 ) -> list[str]:
     """The checked metadata fields (event names) that differ, less those in ``known``."""
-    return [
-        name
-        for attr, field, name in _METADATA
-        if attr in attrs and getattr(old, field) != getattr(new, field) and name not in known
-    ]
+    out = []
+    for attr, field, name in _METADATA:
+        if attr not in attrs or name in known:
+            continue
+        if field == "nlink" and new.type == "dir":
+            continue  # 2 + its subdirectories: the listing reports those already
+        was, now = getattr(old, field), getattr(new, field)
+        if was != now and not (field in _OPTIONAL and (was is None or now is None)):
+            out.append(name)
+    return out
 
 
 def _content_action(old: FileState, new: FileState) -> Action:

@@ -14,13 +14,22 @@ from typing import Literal
 
 from integrityd.units import Ambiguous, minutes_or_mib, parse_duration, parse_size
 
-ATTRIBUTES = frozenset(
-    {"content", "type", "mode", "uid", "gid", "target", "mtime", "ctime", "inode"}
-)
+ATTRIBUTES = frozenset({
+    "content", "type", "mode", "uid", "gid", "target", "mtime", "ctime", "inode",
+    "nlink", "rdev", "caps", "acl", "selinux", "xattrs", "flags",
+})  # fmt: skip
 """What can be compared for each file. ``content`` covers the SHA-256 and the size."""
 
-DEFAULT_CHECK: tuple[str, ...] = ("content", "type", "mode", "uid", "gid", "target")
-"""mtime, ctime and inode change on harmless operations (touch, editors' rename-on-save)."""
+EXTENDED = frozenset({"caps", "acl", "selinux", "xattrs", "flags"})
+"""Attributes read with system calls of their own (see attributes.py), only if checked."""
+
+DEFAULT_CHECK: tuple[str, ...] = (
+    "content", "type", "mode", "uid", "gid", "target", "rdev", "nlink",
+    "caps", "acl", "selinux", "xattrs", "flags",
+)  # fmt: skip
+"""What an intruder changes to hide or to gain something. Left out: mtime, ctime and
+inode change on harmless operations (touch, editors' rename-on-save). ``nlink`` is
+compared for everything but directories, whose count changes with each subdirectory."""
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 

@@ -32,4 +32,6 @@ def missing(path: bytes) -> FileState:
 
 def failed(path: bytes, error_type: ErrorType, error: str) -> FileState:
     """A file that could not be verified; it keeps its baseline entry."""
-    return FileState(path, "unknown", 0, 0, 0, 0, 0, 0, 0, None, None, error_type, error)
+    return FileState(
+        path, "unknown", 0, 0, 0, 0, 0, 0, 0, None, None, error_type=error_type, error=error
+    )

@@ -17,7 +17,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from typing import Any, Self
 
@@ -36,16 +36,48 @@ sqlite3.register_adapter(bytes, bytes)
 sqlite3.register_adapter(type(None), lambda _: None)
 
 APPLICATION_ID = int.from_bytes(b"ITGD", "big")
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+_ADDED_IN_3 = (
+    ("nlink", "INTEGER"), ("rdev", "INTEGER"), ("flags", "INTEGER"), ("caps", "BLOB"),
+    ("acl", "TEXT"), ("selinux", "TEXT"), ("xattrs", "TEXT"),
+)  # fmt: skip
+# Entries written before schema 3 (nlink is NULL only there): empty once all are accepted
+# again, so asking whether any are left costs nothing.
+_UNRECORDED_INDEX = "CREATE INDEX IF NOT EXISTS unrecorded ON files (parent) WHERE nlink IS NULL"
+_OLD_DEFAULT_CHECK = '["content","type","mode","uid","gid","target"]'
+_NEW_DEFAULT_CHECK = json.dumps(list(DEFAULT_CHECK), separators=(",", ":"))
+
+
+def _step_3(conn: sqlite3.Connection) -> tuple[str, ...]:
+    """The attributes an intruder changes without touching content.
+
+    Old entries hold NULL: not recorded, not compared until accepted again. A root that
+    had the old default check gets the new default: nobody chose to leave these out. A
+    reader that may not write reads the old table through a view (``_compat_view``).
+    Columns that exist already are not added again.
+    """
+    have = {r[1] for r in conn.execute("PRAGMA main.table_info(files)")}
+    return (
+        *(f"ALTER TABLE files ADD COLUMN {c} {t}" for c, t in _ADDED_IN_3 if c not in have),
+        _UNRECORDED_INDEX,
+        "UPDATE roots SET options = "
+        f"json_set(options, '$.check', json('{_NEW_DEFAULT_CHECK}')) "
+        f"WHERE json_extract(options, '$.check') = '{_OLD_DEFAULT_CHECK}'",
+    )
+
+
 # Each step takes a manifest from the version before it to this one, all steps in one
 # transaction: an interrupted upgrade leaves the old manifest as it was. Each step is
-# (the change, a query that finds a row it would change).
-_MIGRATIONS: dict[int, tuple[str, str]] = {
+# (its statements, a query that finds a row a reader could not do without).
+_MIGRATIONS: dict[int, tuple[Callable[[sqlite3.Connection], tuple[str, ...]], str]] = {
     # 2: the entry of a root of "/" moves from ("/", "") to ("", "/") (see ``split``).
     2: (
-        "UPDATE files SET parent = x'', name = x'2f' WHERE parent = x'2f' AND name = x''",
+        lambda _: (
+            "UPDATE files SET parent = x'', name = x'2f' WHERE parent = x'2f' AND name = x''",
+        ),
         "SELECT 1 FROM files WHERE parent = x'2f' AND name = x''",
     ),
+    3: (_step_3, "SELECT 1 WHERE 0"),
 }
 LOCK_TIMEOUT_S = 3.0
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -62,9 +94,12 @@ CREATE TABLE IF NOT EXISTS files (
     parent BLOB NOT NULL, name BLOB NOT NULL, type TEXT NOT NULL, size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, inode INTEGER NOT NULL,
     mode INTEGER NOT NULL, uid INTEGER NOT NULL, gid INTEGER NOT NULL,
-    sha256 BLOB, target BLOB, verified_ns INTEGER NOT NULL,
+    sha256 BLOB, target BLOB,
+    nlink INTEGER, rdev INTEGER, flags INTEGER, caps BLOB, acl TEXT, selinux TEXT, xattrs TEXT,
+    verified_ns INTEGER NOT NULL,
     PRIMARY KEY (parent, name)
 ) WITHOUT ROWID;
+{_UNRECORDED_INDEX};
 PRAGMA application_id = {APPLICATION_ID};
 PRAGMA user_version = {SCHEMA_VERSION};
 """
@@ -74,8 +109,8 @@ CREATE TEMP TABLE findings (path BLOB NOT NULL, data TEXT NOT NULL);
 """
 
 Blob = bytes | bytearray
-Row = tuple[Blob, Blob, str, int, int, int, int, int, int, int, Blob | None, Blob | None]
-"""A manifest row as written: (parent, name, type, ..., sha256, target)."""
+Row = tuple[object, ...]
+"""A manifest row as written: (parent, name, then the RECORDED fields)."""
 
 
 def journal_files(path: bytes) -> frozenset[bytes]:
@@ -99,6 +134,9 @@ def row(parent: bytearray, name: bytes, state: FileState) -> Row:
         s.uid, s.gid,
         None if s.sha256 is None else bytearray(s.sha256),
         None if s.target is None else bytearray(s.target),
+        s.nlink, s.rdev, s.flags,
+        None if s.caps is None else bytearray(s.caps),
+        s.acl, s.selinux, s.xattrs,
     )  # fmt: skip
 
 
@@ -236,7 +274,8 @@ class ManifestStore:
             c.execute("BEGIN IMMEDIATE")
             version = c.execute("PRAGMA user_version").fetchone()[0]  # maybe upgraded meanwhile
             for step in range(version + 1, SCHEMA_VERSION + 1):
-                c.execute(_MIGRATIONS[step][0])
+                for statement in _MIGRATIONS[step][0](c):
+                    c.execute(statement)
             c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             c.execute("COMMIT")
         except sqlite3.OperationalError as e:
@@ -253,6 +292,7 @@ class ManifestStore:
                         "run integrityd once as a user who may"
                     )
                     raise ManifestError(msg) from None
+            _compat_view(c)
             return
         c.execute("BEGIN IMMEDIATE" if self.writable else "BEGIN")
 
@@ -328,6 +368,11 @@ class ManifestStore:
         sql = f"SELECT count(*), min(verified_ns) FROM files WHERE type = 'file' AND {_SUBTREE}"
         count, oldest = self._conn.execute(sql, _subtree(start)).fetchone()
         return int(count), oldest
+
+    def unrecorded(self) -> int:
+        """Entries recorded before integrityd read nlink, rdev and attributes.py's fields."""
+        sql = "SELECT count(*) FROM files WHERE nlink IS NULL"  # the index "unrecorded"
+        return int(self._conn.execute(sql).fetchone()[0])
 
     def root_devices(self) -> dict[bytes, int]:
         """The st_dev each root was on when it was baselined."""
@@ -508,6 +553,7 @@ def connect_read(path: bytes) -> sqlite3.Connection:
     try:
         conn = sqlite3.connect(uri, uri=True, timeout=LOCK_TIMEOUT_S, isolation_level=None)
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        _compat_view(conn)
         return conn
     except sqlite3.Error as e:
         if conn is not None:
@@ -532,9 +578,24 @@ def connect_read(path: bytes) -> sqlite3.Connection:
             uri + "&immutable=1", uri=True, timeout=LOCK_TIMEOUT_S, isolation_level=None
         )
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        _compat_view(conn)
     except sqlite3.Error as e:
         raise _sqlite_error(path, e) from e
     return conn
+
+
+def _compat_view(conn: sqlite3.Connection) -> None:
+    """Let a reader that may not upgrade an old manifest read it with today's queries.
+
+    A temporary view named ``files`` (temp objects come first in SQLite's name look-up)
+    adds the columns of later schemas as NULL: not recorded. Created in the connection's
+    own temporary schema, it writes nothing to the manifest.
+    """
+    have = {r[1] for r in conn.execute("PRAGMA main.table_info(files)")}
+    absent = [c for c, _ in _ADDED_IN_3 if c not in have]
+    if have and absent:  # no files table at all: not a manifest, which the caller says
+        nulls = ", ".join(f"NULL AS {c}" for c in absent)
+        conn.execute(f"CREATE TEMP VIEW IF NOT EXISTS files AS SELECT *, {nulls} FROM main.files")
 
 
 def _cannot_write(e: sqlite3.Error) -> bool:

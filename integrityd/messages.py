@@ -41,6 +41,13 @@ RECORDED = (
     "gid",
     "sha256",
     "target",
+    "nlink",
+    "rdev",
+    "flags",
+    "caps",
+    "acl",
+    "selinux",
+    "xattrs",
 )
 """What the manifest records of a file, in the order of its columns: the one definition.
 
@@ -67,6 +74,15 @@ class FileState(NamedTuple):
     gid: int
     sha256: bytes | None
     target: bytes | None  # a symlink's target
+    # None in a baseline: not recorded (an older manifest, or a root whose check leaves
+    # them out), and never compared. See attributes.py for what each holds.
+    nlink: int | None = None
+    rdev: int | None = None  # st_rdev of a char or block device, else 0
+    flags: int | None = None  # inode flags (attributes.FLAG_MASK); -1: not supported
+    caps: bytes | None = None
+    acl: str | None = None
+    selinux: str | None = None
+    xattrs: str | None = None
     error_type: ErrorType | None = None  # why it could not be verified
     error: str | None = None
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from integrityd.attributes import caps_text, flag_names, xattrs_dict
 from integrityd.errors import ExitCode
 from integrityd.messages import FileState, Finding, Summary
 from integrityd.policy import POLICIES
@@ -149,7 +150,49 @@ def file_fields(s: FileState, ctx: Context | None = None) -> dict[str, Any]:
         d["hash"] = {"sha256": s.sha256.hex()}
     if s.target is not None:
         d["target_path"] = escape_path(s.target)
+    return d | _attributes(s)
+
+
+def _attributes(s: FileState) -> dict[str, Any]:
+    """What attributes.py reads, where recorded and present (absent: none, or not recorded)."""
+    d: dict[str, Any] = {}
+    if s.nlink is not None:
+        d["nlink"] = s.nlink
+    if s.rdev is not None and s.type in ("char", "block"):
+        d["rdev"] = f"{os.major(s.rdev)}:{os.minor(s.rdev)}"
+    if (names := flag_names(s.flags)) is not None:
+        d["attributes"] = names
+    if s.caps:
+        d["capabilities"] = caps_text(s.caps)
+    if s.acl:
+        d["acl"] = s.acl
+    if s.selinux:
+        d["selinux"] = s.selinux
+    if s.xattrs:
+        d["xattrs"] = xattrs_dict(s.xattrs)
     return d
+
+
+def risks(old: FileState | None, new: FileState | None) -> list[str]:
+    """What a finding's file gained that an intruder wants: shown at a glance.
+
+    ``setuid``/``setgid`` (a regular file), ``world_writable`` (anything but a symlink,
+    whose mode means nothing), ``capabilities``; each only if the baseline lacked it.
+    """
+    if new is None or new.type in ("missing", "unknown"):
+        return []
+    out = []
+    regular = new.type == "file"
+    for name, bit, applies in (
+        ("setuid", 0o4000, regular),
+        ("setgid", 0o2000, regular),
+        ("world_writable", 0o0002, new.type != "symlink"),
+    ):
+        if applies and new.mode & bit and (old is None or not old.mode & bit):
+            out.append(name)
+    if new.caps and (old is None or old.caps == b""):  # None: not recorded, so not "gained"
+        out.append("capabilities")
+    return out
 
 
 def event(f: Finding, command: str, ctx: Context | None = None) -> dict[str, Any]:
@@ -181,6 +224,8 @@ def event(f: Finding, command: str, ctx: Context | None = None) -> dict[str, Any
         d["changes"] = list(f.changes)
     if f.new is not None and f.new.error_type is not None:
         d["error"] = {"type": f.new.error_type, "message": f.new.error}
+    if risk := risks(f.old, f.new):
+        d["integrityd"] = {"risk": risk}
     return d
 
 
@@ -213,11 +258,21 @@ def summary_event(s: Summary, ctx: Context | None = None) -> dict[str, Any]:
     }
 
 
+_ABSENT_IS_NONE = frozenset({"capabilities", "acl", "selinux", "xattrs", "attributes"})
+"""Fields left out of an event when the file has none: the text report says "(none)"."""
+
+
 def _get(d: dict[str, Any], dotted: str) -> str:
     value: Any = d
     for part in dotted.split("."):
         value = value.get(part) if isinstance(value, dict) else None
-    return "-" if value is None else str(value)
+    if isinstance(value, list):
+        value = ",".join(value) or None
+    elif isinstance(value, dict):
+        value = " ".join(f"{k}={v}" for k, v in value.items()) or None
+    if value is None:
+        return "(none)" if dotted in _ABSENT_IS_NONE else "-"
+    return str(value)
 
 
 _LABELS = {"hash.sha256": "sha256", "target_path": "target"}
@@ -228,6 +283,8 @@ def text_lines(ev: dict[str, Any]) -> list[str]:
     """A finding for people: the action and path, then each change as old → new."""
     action = ev["event"]["action"]
     lines = [f"{action:<11}{ev['file']['path']}"]
+    if risk := ev.get("integrityd", {}).get("risk"):
+        lines.append(f"{'':13}! {', '.join(risk).replace('_', ' ')}")
     for name in ev.get("changes", ()):
         old, new = _get(ev.get("baseline", {}), name), _get(ev["file"], name)
         label = _LABELS.get(name, name)

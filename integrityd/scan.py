@@ -16,6 +16,7 @@ from multiprocessing.connection import Connection
 
 from integrityd import logsetup
 from integrityd.compare import classify
+from integrityd.config import EXTENDED
 from integrityd.exclude import Excluder
 from integrityd.failures import failed
 from integrityd.hashing import Hasher, Pace, from_stat, settled_before
@@ -113,6 +114,7 @@ class Scanner:
         self.baseline = BaselineReader(job.manifest, snapshot=not self.watches)
         self.excluders = [Excluder(s.root.exclude) for s in job.scopes]
         self.attrs = [frozenset(s.root.check) for s in job.scopes]
+        self.extra = [bool(a & EXTENDED) for a in self.attrs]  # read attributes.py's too
         self.devices = [_device(s.start) if s.root.one_filesystem else None for s in job.scopes]
         self.limited = [bool(s.root.workers) for s in job.scopes]  # a few readers at once
         # The walk of a root that stays on one filesystem asks once; other walks ask per
@@ -258,11 +260,13 @@ class Scanner:
                     baseline.pop(name, None)
                     continue
             at = (listing.fd, name) if listing.fd is not None else None
-            st = listing.dir_stats.get(name) if hint != HINT_FILE else None
+            extra = self.extra[scope]
+            # The walker's lstat() of a subdirectory serves unless its attributes are due.
+            st = listing.dir_stats.get(name) if hint != HINT_FILE and not extra else None
             if st is not None:
                 state: FileState | None = from_stat(path, st)
             else:
-                state = self.hasher.state(path, hint, LARGE_FILE, at, settled)
+                state = self.hasher.state(path, hint, LARGE_FILE, at, settled, extra=extra)
             if state is None:
                 spawned.append(FileTask((path,), scope))
                 baseline.pop(name, None)
@@ -290,7 +294,9 @@ class Scanner:
                 # Per directory even under a root on one filesystem: some of these paths
                 # come from the daemon's events or verify's baseline, not from the walk.
                 settled[parent] = self._settled_before(parent)
-            state = self.hasher.state(path, HINT_FILE, settled_before=settled[parent])
+            state = self.hasher.state(
+                path, HINT_FILE, settled_before=settled[parent], extra=self.extra[task.scope]
+            )
             old = baseline.get(path)
             if state.type != "missing":
                 recorded = old.recorded() if old else None

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from integrityd.manifest import SCHEMA_VERSION
+
 from .conftest import Watcher, events, findings, integrityd, sha
 
 
@@ -158,7 +160,7 @@ def test_a_manifest_of_slash_from_schema_1_is_upgraded(
     r = run(ns, "check", "-c", cfg, "--json")
     assert (r.returncode, findings(r)) == (0, []), r.stdout
     with sqlite3.connect(tmp_path / "m.db") as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
         assert conn.execute("SELECT parent, name FROM files WHERE type = 'dir' AND parent = x''")\
             .fetchall() == [(b"", b"/")]  # fmt: skip
     conn.close()

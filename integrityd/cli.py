@@ -146,6 +146,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_accept(args: argparse.Namespace) -> int:
+    if args.grown:
+        if args.all:
+            raise UsageError("accept --grown takes PATHs or none (every root), not --all")
+        return _audit("accept-grown", args)
     if bool(args.all) == bool(args.paths):
         raise UsageError("accept needs either --all or the PATHs whose changes to accept")
     return _audit("accept", args)
@@ -317,6 +321,11 @@ def _parser() -> argparse.ArgumentParser:
     ver.add_argument("paths", nargs="*", metavar="PATH")
     acc = audit_cmd("accept", _cmd_accept, "re-baseline PATHs (or --all) after review")
     acc.add_argument("--all", action="store_true", help="accept every change in every root")
+    acc.add_argument(
+        "--grown",
+        action="store_true",
+        help="accept only files that grew or were rotated under a 'grow' rule (logs)",
+    )
     acc.add_argument("paths", nargs="*", metavar="PATH")
 
     audit_cmd(

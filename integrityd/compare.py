@@ -27,18 +27,23 @@ _METADATA = (
 _OPTIONAL = frozenset({"nlink", "rdev", "flags", "caps", "acl", "selinux", "xattrs"})
 
 
-def classify(old: FileState | None, new: FileState, attrs: frozenset[str]) -> Finding | None:
+def classify(
+    old: FileState | None, new: FileState, attrs: frozenset[str], prefix: bytes | None = None
+) -> Finding | None:
     """Return the finding for ``new`` against its baseline ``old``, or None if it matches.
 
     Content that changed while size and mtime stayed the same is ``corrupted`` (bit rot
     or an edit that covered its tracks); content that changed with an mtime older than
     the baseline's is ``backdated`` (an old copy restored, or a faked timestamp); content
-    that changed otherwise is ``modified``.
+    that changed otherwise is ``modified``. ``prefix``: for ``grow``, the SHA-256 of the
+    first ``old.size`` bytes of ``new`` (None: not read).
     """
     if new.error_type is not None:
         return _unread(old, new, attrs)
     if old is None:
         return Finding("added", new.path, None, new)
+    if "grow" in attrs and old.type == new.type == "file":
+        return _grow(old, new, attrs, prefix)
     changes: list[str] = []
     content = (
         "content" in attrs
@@ -56,6 +61,31 @@ def classify(old: FileState | None, new: FileState, attrs: frozenset[str]) -> Fi
         return None
     action = _content_action(old, new) if content else "metadata"
     return Finding(action, new.path, old, new, tuple(changes))
+
+
+def _grow(
+    old: FileState, new: FileState, attrs: frozenset[str], prefix: bytes | None
+) -> Finding | None:
+    """A file that may only grow: the first ``old.size`` bytes must still be the baseline.
+
+    Grown alone is ``grown`` (not a difference); grown with other changes is
+    ``metadata``, with the growth in ``changes``; anything else is ``modified``, with
+    the reason: truncated, or content before the old end rewritten.
+    """
+    same = old.size == new.size and old.sha256 == new.sha256
+    if new.size < old.size:
+        reason: str | None = f"truncated from {old.size:,} to {new.size:,} bytes"
+    elif same or prefix == old.sha256:
+        reason = None
+    else:
+        reason = f"content before the old end ({old.size:,} bytes) was rewritten"
+    grew = [] if same else ["hash.sha256", "size"]
+    changes = _metadata_changes(old, new, attrs, grew)
+    if reason is not None:
+        return Finding("modified", new.path, old, new, (*grew, *changes), reason=reason)
+    if changes:
+        return Finding("metadata", new.path, old, new, (*changes, *grew))
+    return Finding("grown", new.path, old, new, tuple(grew)) if grew else None
 
 
 def _metadata_changes(

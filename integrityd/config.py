@@ -15,10 +15,11 @@ from typing import Literal
 from integrityd.units import Ambiguous, minutes_or_mib, parse_duration, parse_size
 
 ATTRIBUTES = frozenset({
-    "content", "type", "mode", "uid", "gid", "target", "mtime", "ctime", "inode",
+    "content", "grow", "type", "mode", "uid", "gid", "target", "mtime", "ctime", "inode",
     "nlink", "rdev", "caps", "acl", "selinux", "xattrs", "flags",
 })  # fmt: skip
-"""What can be compared for each file. ``content`` covers the SHA-256 and the size."""
+"""What can be compared for each file. ``content`` covers the SHA-256 and the size;
+``grow`` instead lets a file grow as long as what it held at baseline is unchanged."""
 
 EXTENDED = frozenset({"caps", "acl", "selinux", "xattrs", "flags"})
 """Attributes read with system calls of their own (see attributes.py), only if checked."""
@@ -34,6 +35,32 @@ compared for everything but directories, whose count changes with each subdirect
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
+def check_attributes(check: tuple[str, ...]) -> None:
+    """Raise ValueError, saying what to write, unless ``check`` is a valid attribute list."""
+    unknown = sorted(set(check) - ATTRIBUTES)
+    if unknown:
+        msg = f"unknown attribute {unknown[0]!r}; choose from {', '.join(sorted(ATTRIBUTES))}"
+        raise ValueError(msg)
+    if "grow" in check and "content" in check:
+        msg = "'grow' is used instead of 'content' (a file that may only grow): name one of them"
+        raise ValueError(msg)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rule:
+    """``roots[].rules[]``: what to compare for the paths ``match`` selects."""
+
+    match: str  # an exclude pattern: the path or a directory above it matches
+    check: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        check_attributes(self.check)
+        from integrityd.exclude import problem  # noqa: PLC0415 - pathspec only where used
+
+        if (why := problem(self.match)) is not None:
+            raise ValueError(f"match {self.match!r}: {why}")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RootConfig:
     """One tree to baseline; ``path`` is absolute and resolved, as bytes."""
@@ -41,14 +68,12 @@ class RootConfig:
     path: bytes
     exclude: tuple[str, ...] = ()
     check: tuple[str, ...] = DEFAULT_CHECK
+    rules: tuple[Rule, ...] = ()  # the last that matches a path decides; else ``check``
     one_filesystem: bool = True
     workers: int | None = None  # at most this many files of this root read at once
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.check) - ATTRIBUTES)
-        if unknown:
-            msg = f"unknown attribute {unknown[0]!r}; choose from {', '.join(sorted(ATTRIBUTES))}"
-            raise ValueError(msg)
+        check_attributes(self.check)
         if self.exclude:
             # Imported here: pathspec is not needed by runs without excludes.
             from integrityd.exclude import problem  # noqa: PLC0415

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from integrityd.config import Config, LogConfig, RootConfig, WatchConfig
+from integrityd.config import Config, LogConfig, RootConfig, Rule, WatchConfig
 from integrityd.errors import ConfigError
 from integrityd.exclude import problem
 from integrityd.paths import covers
@@ -263,15 +263,44 @@ class _Builder:
                 values["one_filesystem"] = self.typed(
                     m["one_filesystem"], f"{key}.one_filesystem", bool, "true or false"
                 )
+        self.comparisons(m, values, key)
+        if len(self.problems) > before:
+            raise _Noted(key)  # each mistake is in self.problems already
+        return RootConfig(**values), m["path"]
+
+    def comparisons(self, m: dict[str, yaml.Node], values: dict[str, Any], key: str) -> None:
+        """A root's ``check`` (read already, into ``values``) and ``rules``, validated."""
         if "check" in values:
             with self.each():
                 try:
                     RootConfig(path=b"/", check=values["check"])
                 except ValueError as e:
                     raise self.error(m["check"], f"{key}.check", str(e)) from e
-        if len(self.problems) > before:
-            raise _Noted(key)  # each mistake is in self.problems already
-        return RootConfig(**values), m["path"]
+        if "rules" in m:
+            with self.each():
+                values["rules"] = self.rules(m["rules"], f"{key}.rules")
+
+    def rules(self, node: yaml.Node, key: str) -> tuple[Rule, ...]:
+        """``roots[i].rules``: a list of {match: PATTERN, check: [ATTRIBUTES]}."""
+        if not isinstance(node, yaml.SequenceNode):
+            raise self.error(node, key, "expected a list of {match: PATTERN, check: [...]}")
+        out = []
+        for j, rnode in enumerate(node.value):
+            rkey = f"{key}[{j}]"
+            with self.each():
+                m = self.mapping(rnode, rkey, {"match", "check"})
+                for need in ("match", "check"):
+                    if need not in m:
+                        raise self.error(rnode, rkey, f"missing required key {need!r}")
+                match = self.typed(m["match"], f"{rkey}.match", str, "a pattern")
+                check = self.strings(m["check"], f"{rkey}.check")
+                if (why := problem(match)) is not None:
+                    raise self.error(m["match"], f"{rkey}.match", why)
+                try:
+                    out.append(Rule(match=match, check=check))
+                except ValueError as e:
+                    raise self.error(m["check"], f"{rkey}.check", str(e)) from e
+        return tuple(out)
 
     def overlaps(self, roots: list[tuple[RootConfig, yaml.Node, str]]) -> None:
         """Refuse a root inside another, or twice the same root.

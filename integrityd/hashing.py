@@ -343,6 +343,46 @@ class Hasher:
             extra = _extra(fd, extra is not NOT_READ)
         return failed(path, "changing", "file changed while it was being read (twice)")
 
+    def prefix(
+        self, path: bytes, size: int | None, at: tuple[int, bytes] | None = None
+    ) -> tuple[bytes, os.stat_result] | None:
+        """SHA-256 of a regular file's first ``size`` bytes (None: as many as it has now).
+
+        For files that may only grow (``grow``): what they held at baseline must still be
+        their beginning, and a log written to while it is read must still be readable.
+        So the read stops at ``size``, and it counts if the file is the same inode after
+        it and has not shrunk below ``size``: appends during the read do not matter. None
+        if the file is not a regular file, is shorter, or changed in those ways. Also
+        returns the fstat() taken before the read.
+        """
+        dir_fd, name = at if at is not None else (None, path)
+        try:
+            fd = os.open(name, _OPEN_FLAGS, dir_fd=dir_fd)
+        except OSError:
+            return None
+        try:
+            before = os.fstat(fd)
+            want = before.st_size if size is None else size
+            if not stat.S_ISREG(before.st_mode) or before.st_size < want:
+                return None
+            h = hashlib.sha256()
+            offset = 0
+            while offset < want:
+                n = self._pread(fd, offset)
+                if n == 0:
+                    return None  # truncated meanwhile
+                take = min(n, want - offset)
+                h.update(self._view[:take])
+                offset += take
+            after = os.fstat(fd)
+            if after.st_ino != before.st_ino or after.st_size < want:
+                return None
+            return h.digest(), before
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
     def _digest(self, fd: int, offset: int) -> tuple[bytes, int]:
         """SHA-256 and length from ``offset`` on; the buffer holds the ``offset`` bytes before."""
         h = hashlib.sha256(self._view[:offset])

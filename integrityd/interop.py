@@ -9,7 +9,9 @@ that own the format:
 - ``hashdeep``: the HASHDEEP-1.0 header, then ``SIZE,HEX,NAME``. The format cannot hold
   a newline in a name: such files are left out and counted.
 - ``mtree``: one line per entry (files, directories, symlinks, special files) with
-  type, mode, uid, gid, size, mtime and ``sha256digest``; names use mtree's ``\ooo``
+  type, mode, uid, gid, size, mtime and ``sha256digest``, and where recorded ``nlink``,
+  ``device`` (device nodes) and ``flags`` (immutable, append-only and nodump: the inode
+  flags mtree has names for); names use mtree's ``\ooo``
   octal escapes for whitespace, ``\``, ``#``, ``=`` and non-printable bytes.
 """
 
@@ -20,6 +22,7 @@ import re
 import stat
 from collections.abc import Iterable, Iterator
 
+from integrityd.attributes import flag_names
 from integrityd.errors import FormatError
 from integrityd.hashing import from_stat
 from integrityd.messages import FileState
@@ -101,6 +104,12 @@ def _mtree_line(name: bytes, s: FileState) -> bytes:
         b"gid=%d" % s.gid,
         b"time=%d.%09d" % divmod(s.mtime_ns, 1_000_000_000),
     ]
+    if s.nlink is not None and s.type != "dir":
+        fields.append(b"nlink=%d" % s.nlink)
+    if s.rdev is not None and s.type in ("char", "block"):
+        fields.append(b"device=native,%d,%d" % (os.major(s.rdev), os.minor(s.rdev)))
+    if flags := [_MTREE_FLAGS[n] for n in flag_names(s.flags) or () if n in _MTREE_FLAGS]:
+        fields.append(b"flags=" + ",".join(flags).encode())
     if s.type == "file":
         fields.append(b"size=%d" % s.size)
         if s.sha256 is not None:
@@ -108,6 +117,10 @@ def _mtree_line(name: bytes, s: FileState) -> bytes:
     if s.target is not None:
         fields.append(b"link=" + _mtree_escape(s.target))
     return _mtree_escape(name) + b" " + b" ".join(fields) + b"\n"
+
+
+# The inode flags mtree (libarchive's) has names for; it has none for the others.
+_MTREE_FLAGS = {"immutable": "schg", "append_only": "sappnd", "no_dump": "nodump"}
 
 
 _GNU_UNESCAPE = re.compile(rb"\\(\\|n|r)")

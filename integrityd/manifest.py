@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from typing import Any, Self
 
-from integrityd.config import DEFAULT_CHECK, RootConfig
+from integrityd.config import DEFAULT_CHECK, RootConfig, Rule
 from integrityd.errors import ManifestCorrupt, ManifestError, ManifestLocked
 from integrityd.messages import RECORDED, FileState
 from integrityd.paths import join, split
@@ -395,6 +395,9 @@ class ManifestStore:
                     path=path,
                     exclude=tuple(o.get("exclude", ())),
                     check=tuple(o.get("check", DEFAULT_CHECK)),
+                    rules=tuple(
+                        Rule(match=r["match"], check=tuple(r["check"])) for r in o.get("rules", ())
+                    ),
                     one_filesystem=bool(o.get("one_filesystem", True)),
                     workers=o.get("workers"),
                 )

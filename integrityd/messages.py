@@ -17,7 +17,7 @@ from integrityd.policy import POLICIES, Command, Policy
 
 Action = Literal[
     "added", "removed", "modified", "backdated", "metadata", "corrupted", "unreadable",
-    "restored",
+    "restored", "grown", "rotated",
 ]  # fmt: skip
 """A finding's ``event.action``: the README's table of events says what each means."""
 
@@ -215,6 +215,8 @@ class Finding:
     old: FileState | None
     new: FileState | None
     changes: tuple[str, ...] = ()
+    reason: str | None = None  # why, where the action alone does not say (grow: "truncated")
+    rotated_to: bytes | None = None  # rotated: where the baseline's file lives on
 
 
 class TaskResult(NamedTuple):

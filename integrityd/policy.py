@@ -14,7 +14,7 @@ from typing import Literal
 
 from integrityd.errors import ExitCode
 
-Command = Literal["init", "check", "accept", "verify", "watch"]
+Command = Literal["init", "check", "accept", "accept-grown", "verify", "watch"]
 Mode = Literal["read", "progress", "write", "create"]
 """How the collector opens the manifest; ``progress``: write if it may, else read."""
 Ending = Literal["", "differences", "accepted"]
@@ -38,6 +38,9 @@ class Policy:
     verb: str  # for the progress line
     ending: Ending
     exit_bits: ExitCode  # the bits the run's status keeps: init and accept, INCOMPLETE only
+    # A writer that accepts only these findings (and writes nothing else: no new file, no
+    # removal); None: all of them.
+    accepts: frozenset[str] | None = None
 
 
 _ALL = ExitCode.ADDED | ExitCode.REMOVED | ExitCode.CHANGED | ExitCode.INCOMPLETE
@@ -60,6 +63,12 @@ POLICIES: dict[Command, Policy] = {
             command="accept", manifest="write", needs_baseline=True, writes=True,
             compares=True, verifies=False, walks=True, live=False, checks_device=False,
             counts_total=True, verb="re-hashing", ending="accepted", exit_bits=_INCOMPLETE,
+        ),
+        Policy(
+            command="accept-grown", manifest="write", needs_baseline=True, writes=True,
+            compares=True, verifies=False, walks=True, live=False, checks_device=False,
+            counts_total=True, verb="re-hashing", ending="accepted", exit_bits=_INCOMPLETE,
+            accepts=frozenset({"grown", "rotated"}),
         ),
         Policy(
             command="verify", manifest="progress", needs_baseline=True, writes=False,

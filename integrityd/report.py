@@ -28,8 +28,11 @@ _C = ExitCode.CHANGED
 FINDING_BITS = {
     "added": ExitCode.ADDED, "removed": ExitCode.REMOVED, "modified": _C, "backdated": _C,
     "metadata": _C, "corrupted": _C, "unreadable": ExitCode.INCOMPLETE, "restored": ExitCode.OK,
+    "grown": ExitCode.OK, "rotated": ExitCode.OK,
 }  # fmt: skip
 KINDS = ("added", "removed", "modified", "backdated", "metadata", "corrupted", "unreadable")
+GROWTH = ("grown", "rotated")
+"""Findings of files that may only grow (``grow``): counted, never a difference."""
 
 
 def escape_path(path: bytes) -> str:
@@ -224,8 +227,15 @@ def event(f: Finding, command: str, ctx: Context | None = None) -> dict[str, Any
         d["changes"] = list(f.changes)
     if f.new is not None and f.new.error_type is not None:
         d["error"] = {"type": f.new.error_type, "message": f.new.error}
+    ours: dict[str, Any] = {}
     if risk := risks(f.old, f.new):
-        d["integrityd"] = {"risk": risk}
+        ours["risk"] = risk
+    if f.reason is not None:
+        ours["reason"] = f.reason
+    if f.rotated_to is not None:
+        ours["rotated_to"] = escape_path(f.rotated_to)
+    if ours:
+        d["integrityd"] = ours
     return d
 
 
@@ -250,6 +260,7 @@ def summary_event(s: Summary, ctx: Context | None = None) -> dict[str, Any]:
             "seconds": round(s.seconds, 3),
             "bytes_per_s": round(s.bytes / s.seconds) if s.seconds > 0 else 0,
             **{k: s.counts.get(k, 0) for k in KINDS},
+            **{k: s.counts[k] for k in GROWTH if s.counts.get(k)},
             "unverified": s.unverified,
             "exit_code": s.status,
             **({"restored": s.counts.get("restored", 0)} if POLICIES[s.command].live else {}),
@@ -283,8 +294,13 @@ def text_lines(ev: dict[str, Any]) -> list[str]:
     """A finding for people: the action and path, then each change as old → new."""
     action = ev["event"]["action"]
     lines = [f"{action:<11}{ev['file']['path']}"]
-    if risk := ev.get("integrityd", {}).get("risk"):
+    ours = ev.get("integrityd", {})
+    if risk := ours.get("risk"):
         lines.append(f"{'':13}! {', '.join(risk).replace('_', ' ')}")
+    if "rotated_to" in ours:
+        lines.append(f"{'':13}rotated to {ours['rotated_to']}")
+    if "reason" in ours:
+        lines.append(f"{'':13}{ours['reason']}")
     for name in ev.get("changes", ()):
         old, new = _get(ev.get("baseline", {}), name), _get(ev["file"], name)
         label = _LABELS.get(name, name)
@@ -319,6 +335,7 @@ def summary_text(s: Summary) -> str:
         f"in {s.seconds:.2f} s ({rate:,.0f} files/s)"
     )
     counts = ", ".join(f"{k} {s.counts.get(k, 0)}" for k in KINDS)
+    counts += "".join(f", {k} {s.counts[k]}" for k in GROWTH if s.counts.get(k))
     tail = [head, f"  {counts}"]
     if s.unverified:
         tail.append(
@@ -334,7 +351,8 @@ def summary_text(s: Summary) -> str:
             else f"  {count(differences, 'difference')} (exit code {s.status})"
         )
     elif ending == "accepted":
-        tail.append(f"  {count(differences, 'change')} accepted into the baseline")
+        accepted = differences + sum(s.counts.get(k, 0) for k in GROWTH)
+        tail.append(f"  {count(accepted, 'change')} accepted into the baseline")
     if s.verification:
         v = s.verification
         tail.append(

@@ -33,7 +33,8 @@ from integrityd.messages import (
     Task,
     TaskResult,
 )
-from integrityd.paths import relative, split
+from integrityd.paths import join, relative, split
+from integrityd.rules import NONE, Rules
 from integrityd.signals import ignore_stop_signals
 from integrityd.walk import Listing, list_dir
 
@@ -113,8 +114,9 @@ class Scanner:
         # The daemon runs for months while people accept changes: no long-lived snapshot.
         self.baseline = BaselineReader(job.manifest, snapshot=not self.watches)
         self.excluders = [Excluder(s.root.exclude) for s in job.scopes]
-        self.attrs = [frozenset(s.root.check) for s in job.scopes]
-        self.extra = [bool(a & EXTENDED) for a in self.attrs]  # read attributes.py's too
+        self.rules = [Rules(s.root) for s in job.scopes]
+        self.extra = [bool(r.every & EXTENDED) for r in self.rules]  # attributes.py's too
+        self.accepts = policy.accepts  # accept --grown: only these findings are written
         self.devices = [_device(s.start) if s.root.one_filesystem else None for s in job.scopes]
         self.limited = [bool(s.root.workers) for s in job.scopes]  # a few readers at once
         # The walk of a root that stays on one filesystem asks once; other walks ask per
@@ -252,6 +254,9 @@ class Scanner:
         settled = self._settled_before(
             listing.fd if listing.fd is not None else directory, self.clock[scope]
         )
+        rules = self.rules[scope]
+        root = self.job.scopes[scope].root.path
+        inherited = rules.inherited(relative(root, directory)) if rules else NONE
         for name, path, hint in listing.entries:
             if huge and hint == HINT_FILE:
                 hashed += 1
@@ -271,7 +276,13 @@ class Scanner:
                 spawned.append(FileTask((path,), scope))
                 baseline.pop(name, None)
             elif state.type != "missing":  # one that vanished stays in `baseline`: removed
-                self._compare(found, scope, state, baseline.pop(name, None), (directory, name))
+                attrs = (
+                    rules.attrs(relative(root, path), state.type == "dir", inherited)
+                    if rules
+                    else rules.default
+                )
+                recorded = baseline.pop(name, None)
+                self._compare(found, scope, state, recorded, (directory, name), attrs, at)
         for i in range(0, len(deferred), FILES_PER_TASK):
             spawned.append(FileTask(tuple(deferred[i : i + FILES_PER_TASK]), scope))
         for name, recorded in baseline.items():
@@ -300,26 +311,32 @@ class Scanner:
             old = baseline.get(path)
             if state.type != "missing":
                 recorded = old.recorded() if old else None
-                self._compare(found, task.scope, state, recorded, (parent, name))
+                rules = self.rules[task.scope]
+                rel = relative(self.job.scopes[task.scope].root.path, path)
+                attrs = rules.for_path(rel, state.type == "dir")
+                self._compare(found, task.scope, state, recorded, (parent, name), attrs)
             elif old is not None:
                 self._removed(found, task.scope, old)
             elif self.watches:
                 found.matched.append(path)  # absent, as in the baseline
         return []
 
-    def _compare(
+    def _compare(  # noqa: PLR0917 - the hot path: positional arguments are the cheapest
         self,
         found: _Found,
         scope: int,
         state: FileState,
         recorded: tuple[object, ...] | None,
         key: tuple[bytes, bytes],
+        attrs: frozenset[str],
+        at: tuple[int, bytes] | None = None,
     ) -> None:
         """Compare with the ``recorded`` (type, size, ..., target) fields of the baseline.
 
         ``key`` is the entry's (parent, name), as the caller already has it: splitting the
         path again costs a microsecond, and one parent object for a directory's rows
-        pickles once.
+        pickles once. ``attrs``: what this path is compared on (its root's check, or a
+        rule's); ``at``: (directory fd, name), to read the file again for ``grow``.
         """
         found.files += 1
         if state.type == "file":
@@ -330,32 +347,138 @@ class Scanner:
             if self.watches:
                 found.matched.append(state.path)
             return  # the common case: exactly as in the baseline
+        if "grow" in attrs and state.error_type == "changing":
+            state = self._snapshot(state, at)  # a log written to as it is read
         if self.initialises and state.error_type is None:
             # init reports only what it cannot read: classifying the rest would be thrown away
             found.write(key, state)
             return
         old = FileState.from_recorded(state.path, recorded) if recorded is not None else None
-        finding = classify(old, state, self.attrs[scope])
+        finding: Finding | None
+        if "grow" in attrs and old is not None and _grew_or_moved(old, state):
+            finding = self._growth(old, state, attrs, key, at)
+        elif "grow" in attrs and old is None and _read_file(state):
+            # New here, but maybe a rotation's other end: another entry's file, grown.
+            continues = self._continues_a_sibling(key[0], key[1], state, at)
+            finding = None if continues else classify(old, state, attrs)
+        else:
+            finding = classify(old, state, attrs)
         if finding is None and self.watches:
             found.matched.append(state.path)
-        if finding is not None:  # for init, only "unreadable" comes this far
+        accepted = self.accepts is None or finding is None or finding.action in self.accepts
+        if finding is not None and accepted:  # for init, only "unreadable" comes this far
             found.findings.append(finding)
-        if self.writes and state.error_type is None:
+        if self.writes and state.error_type is None and accepted:
             found.write(key, state)
+
+    def _snapshot(self, state: FileState, at: tuple[int, bytes] | None) -> FileState:
+        """A file that may only grow and kept changing while read: hash what it held then.
+
+        Appends during the read do not matter to ``grow``: the digest of the bytes the
+        file had when opened is its state (see Hasher.prefix).
+        """
+        got = self.hasher.prefix(state.path, None, at)
+        if got is None:
+            return state
+        digest, st = got
+        return from_stat(state.path, st, sha256=digest)
+
+    def _growth(
+        self,
+        old: FileState,
+        new: FileState,
+        attrs: frozenset[str],
+        key: tuple[bytes, bytes],
+        at: tuple[int, bytes] | None,
+    ) -> Finding | None:
+        """``grow``: grown, rotated, the file a rotation moved here, or a rewrite.
+
+        A new inode at the path may be a rotation: the baseline's file lives on under
+        another name in the same directory (``syslog`` → ``syslog.1``) with the
+        baseline's content as its beginning. Then the path is ``rotated`` and its new
+        file is compared from empty. The other name is the same rotation seen from the
+        other side: its file is another entry's baseline, grown, and no finding.
+        """
+        parent, name = key
+        if new.inode != old.inode:
+            other = _name_of_inode(parent, old.inode, name)
+            if other is not None and self._starts_with(parent, other, old, at):
+                return Finding("rotated", new.path, old, new, rotated_to=join(parent, other))
+            if self._continues_a_sibling(parent, name, new, at):
+                return None
+        if new.size == old.size:
+            prefix = new.sha256
+        else:
+            got = self.hasher.prefix(new.path, old.size, at)
+            prefix = got[0] if got is not None else None
+        return classify(old, new, attrs, prefix)
+
+    def _starts_with(
+        self, parent: bytes, name: bytes, old: FileState, at: tuple[int, bytes] | None
+    ) -> bool:
+        """Whether ``parent/name`` is ``old``'s inode and begins with ``old``'s content."""
+        where = (at[0], name) if at is not None else None
+        got = self.hasher.prefix(join(parent, name), old.size, where)
+        return got is not None and got[1].st_ino == old.inode and got[0] == old.sha256
+
+    def _continues_a_sibling(
+        self, parent: bytes, name: bytes, new: FileState, at: tuple[int, bytes] | None
+    ) -> bool:
+        """Whether ``new`` is the file another baseline entry of ``parent`` recorded, grown."""
+        for sibling, recorded in self.baseline.children(parent).items():
+            if sibling == name:
+                continue
+            old = FileState.from_recorded(join(parent, sibling), recorded)
+            if old.type == "file" and old.inode == new.inode and old.size <= new.size:
+                if old.size == new.size:
+                    return old.sha256 == new.sha256
+                got = self.hasher.prefix(new.path, old.size, at)
+                return got is not None and got[1].st_ino == new.inode and got[0] == old.sha256
+        return False
 
     def _removed(self, found: _Found, scope: int, old: FileState) -> None:
         root = self.job.scopes[scope].root.path
         excluded = old.path in self.job.skip or self.excluders[scope].excludes(
             relative(root, old.path)
         )
-        if not excluded and not self.initialises:
+        reported = self.accepts is None or "removed" in self.accepts
+        if not excluded and not self.initialises and reported:
             found.findings.append(Finding("removed", old.path, old, None))
             if old.type == "dir":
                 found.findings.extend(
                     Finding("removed", b.path, b, None) for b in self.baseline.below(old.path)
                 )
-        if self.writes:
+        if self.writes and self.accepts is None:
             found.deletes.append(old.path)
+
+
+def _grew_or_moved(old: FileState, new: FileState) -> bool:
+    """A regular file, read, that is not exactly as recorded: ``grow`` has a question."""
+    return (
+        old.type == new.type == "file"
+        and new.error_type is None
+        and (old.size != new.size or old.sha256 != new.sha256 or old.inode != new.inode)
+    )
+
+
+def _read_file(state: FileState) -> bool:
+    return state.type == "file" and state.error_type is None
+
+
+def _name_of_inode(directory: bytes, inode: int, besides: bytes) -> bytes | None:
+    """A name in ``directory`` (not ``besides``) whose entry is inode ``inode``, if any.
+
+    From the directory's own listing (getdents gives each entry's inode: no stat).
+    """
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                name = os.fsencode(entry.name)
+                if entry.inode() == inode and name != besides:
+                    return name
+    except OSError:
+        return None
+    return None
 
 
 def lost_report(task: Task, reason: str) -> TaskResult:

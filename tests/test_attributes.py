@@ -386,3 +386,21 @@ def test_the_daemon_reports_an_attribute_change_as_it_happens(
     assert (e["changes"], e["file"]["xattrs"]) == (["xattrs"], {"user.x": '"1"'})
     assert w.stop() == 0
     assert w.findings() == [("metadata", str(secret))]
+
+
+@needs_root
+def test_mtree_export_carries_links_devices_and_flags(tree: Path, manifest: Path) -> None:
+    """What mtree can hold of these: nlink, a device's numbers, and the flags it names."""
+    node = tree / "null"
+    os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    try:
+        set_flags(tree / "secret", add=IMMUTABLE)
+    except OSError as e:
+        skip_unless_supported(e, "inode flags")
+    assert integrityd("init", "-m", manifest, tree).returncode == 0
+    r = integrityd("export", "-m", manifest, "--format", "mtree", "--relative-to", tree)
+    assert r.returncode == 0, r.stderr
+    lines = {line.split(" ", 1)[0]: line for line in r.stdout.splitlines()}
+    assert " nlink=1 flags=schg size=9 sha256digest=" in lines["secret"]
+    assert " device=native,1,3" in lines["null"]
+    assert "flags=" not in lines["app"]

@@ -206,21 +206,45 @@ class Hasher:
         ``trusts_clock()``; None reads the careful way. ``extra``: read the attributes of
         attributes.py too (a root checks some of them).
         """
+        result = self._state(path, hint, defer_above, at, settled_before, extra)
+        if result is _FLIPPED:  # a regular file where something else was: read it as one
+            result = self._state(path, HINT_FILE, defer_above, at, settled_before, extra)
+            if result is _FLIPPED:
+                return failed(path, "changing", "its type changed while it was being read (twice)")
+        return result
+
+    def _state(  # noqa: PLR0917 - state()'s arguments, passed on
+        self,
+        path: bytes,
+        hint: str,
+        defer_above: int | None,
+        at: tuple[int, bytes] | None,
+        settled_before: int | None,
+        extra: bool,
+    ) -> FileState | None:
+        """One try of ``state``; ``_FLIPPED`` where a regular file turned up unread.
+
+        That happens when the listing saw another type (a symlink, say) or the open met
+        a symlink (ELOOP), and an lstat() right after finds a regular file: the name was
+        swapped meanwhile (renameat2's exchange does it atomically). Returning that file
+        without a digest would read as changed content, ``corrupted`` even: the one claim
+        that must never come from a race.
+        """
         dir_fd, name = at if at is not None else (None, path)
         if hint != HINT_FILE:
-            return self._lstat(path, name, dir_fd, extra)
+            return _flipped(self._lstat(path, name, dir_fd, extra))
         try:
             fd = os.open(name, self._flags, dir_fd=dir_fd)
         except OSError as e:
             if not (self._flags & _NOATIME and e.errno in (errno.EPERM, errno.EINVAL)):
-                return self._open_failed(path, e, name, dir_fd)
+                return self._open_failed(path, e, name, dir_fd, extra)
             if e.errno == errno.EINVAL:
                 self._flags = _OPEN_FLAGS  # this kernel or filesystem has no O_NOATIME
             # Otherwise O_NOATIME needs file ownership (or CAP_FOWNER): read without it.
             try:
                 fd = os.open(name, _OPEN_FLAGS, dir_fd=dir_fd)
             except OSError as e2:
-                return self._open_failed(path, e2, name, dir_fd)
+                return self._open_failed(path, e2, name, dir_fd, extra)
         try:
             if settled_before is not None:
                 return self._read_settled(fd, path, defer_above, settled_before, extra)
@@ -233,11 +257,13 @@ class Hasher:
         finally:
             os.close(fd)
 
-    def _open_failed(self, path: bytes, e: OSError, name: bytes, dir_fd: int | None) -> FileState:
+    def _open_failed(
+        self, path: bytes, e: OSError, name: bytes, dir_fd: int | None, extra: bool
+    ) -> FileState:
         if e.errno == errno.ENOENT:
             return missing(path)
-        if e.errno == errno.ELOOP:  # became a symlink since the listing
-            return self._lstat(path, name, dir_fd, extra=True)
+        if e.errno == errno.ELOOP:  # became a symlink since the listing (or is one, briefly)
+            return _flipped(self._lstat(path, name, dir_fd, extra))
         if e.errno in (errno.EACCES, errno.EPERM):
             # lstat() needs no read permission: what it shows (type, mode, owner, size,
             # times) is still compared; only the content goes unverified.
@@ -272,6 +298,8 @@ class Hasher:
         except FileNotFoundError:
             return missing(path)
         except OSError as e:
+            if e.errno == errno.EINVAL:  # a symlink no more, between lstat and readlink
+                return _FLIPPED
             return failed(path, error_type(e), describe(e))
         return from_stat(path, st, target=target)
 
@@ -397,6 +425,15 @@ class Hasher:
                 return h.digest(), offset
 
 
+_FLIPPED = failed(b"", "changing", "a regular file turned up where none was read")
+"""``Hasher._state``'s answer for a name swapped to a regular file while it was read."""
+
+
+def _flipped(seen: FileState) -> FileState:
+    """``seen``, or ``_FLIPPED`` if it is a regular file found by lstat(): not read."""
+    return _FLIPPED if seen.type == "file" and seen.error_type is None else seen
+
+
 def _extra(fd: int, want: bool) -> Extra:
     return from_fd(fd) if want else NOT_READ
 
@@ -422,7 +459,8 @@ def _entry(path: bytes, name: bytes, dir_fd: int | None) -> FileState:
         return failed(path, error_type(e), describe(e))
     try:
         st = os.fstat(fd)
-        target = os.readlink(name, dir_fd=dir_fd) if stat.S_ISLNK(st.st_mode) else None
+        # The link read through its own descriptor: the same inode as the fstat().
+        target = os.readlink(b"", dir_fd=fd) if stat.S_ISLNK(st.st_mode) else None
     except FileNotFoundError:
         os.close(fd)
         return missing(path)

@@ -32,6 +32,7 @@ from integrityd.errors import (
     Interrupted,
     UsageError,
 )
+from integrityd.paths import resolved_keeping_name
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -63,7 +64,9 @@ def _abs(path: str) -> bytes:
 
 def _manifest(args: argparse.Namespace, cfg: Config) -> bytes:
     """-m, else the config's manifest, else the default location."""
-    return _abs(args.manifest) if args.manifest else cfg.manifest or default_manifest()
+    if args.manifest:
+        return resolved_keeping_name(args.manifest)
+    return cfg.manifest or default_manifest()
 
 
 def _load(args: argparse.Namespace) -> Config:

@@ -17,7 +17,7 @@ import yaml
 from integrityd.config import Config, LogConfig, RootConfig, Rule, WatchConfig
 from integrityd.errors import ConfigError
 from integrityd.exclude import problem
-from integrityd.paths import covers
+from integrityd.paths import covers, resolved_keeping_name
 from integrityd.units import parse_duration, parse_size
 
 
@@ -126,10 +126,12 @@ class _Builder:
             self.typed(n, f"{key}[{i}]", str, "a string") for i, n in enumerate(node.value)
         )
 
-    def abspath(self, node: yaml.Node, key: str) -> bytes:
+    def abspath(self, node: yaml.Node, key: str, keep_name: bool = False) -> bytes:
         value = self.typed(node, key, str, "a path")
         if not os.path.isabs(os.path.expanduser(value)):
             raise self.error(node, key, f"must be an absolute path, got {value!r}")
+        if keep_name:  # the manifest: a symlink at its name is refused, not followed
+            return resolved_keeping_name(value)
         return os.fsencode(os.path.realpath(os.path.expanduser(value)))
 
     def size(self, node: yaml.Node, key: str) -> int:
@@ -147,7 +149,7 @@ class _Builder:
         values: dict[str, Any] = {}
         if "manifest" in m:
             with self.each():
-                values["manifest"] = self.abspath(m["manifest"], "manifest")
+                values["manifest"] = self.abspath(m["manifest"], "manifest", keep_name=True)
         if "roots" in m:
             with self.each():
                 values["roots"] = self.roots(m["roots"])

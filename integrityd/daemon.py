@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import math
 import multiprocessing
@@ -68,8 +69,13 @@ def _take_lock(manifest: bytes) -> int:
     path = lock_path(manifest)
     name = os.fsdecode(manifest)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        # Not through a symlink planted there (we run as root), and private like the
+        # manifest beside it.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            msg = f"the lock file {os.fsdecode(path)} is a symlink; remove it"
+            raise ManifestLocked(msg) from e
         raise ManifestLocked(
             f"cannot create the lock file {os.fsdecode(path)}: {e.strerror}"
         ) from e

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
@@ -115,7 +116,7 @@ Row = tuple[object, ...]
 
 def journal_files(path: bytes) -> frozenset[bytes]:
     """The manifest and the files SQLite keeps beside it; never reported as changes."""
-    return frozenset({path} | {path + s for s in (b"-wal", b"-shm", b"-journal")})
+    return frozenset({path} | {path + s for s in SIDE_FILES})
 
 
 def row(parent: bytearray, name: bytes, state: FileState) -> Row:
@@ -194,13 +195,17 @@ class ManifestStore:
         read-only filesystem (see ``connect_read``); ``writable`` then says False.
         """
         name = os.fsdecode(path)
+        refuse_symlinks(path)
         fresh = _check_header(path, mode)
         if mode == "create":
             parent = os.path.dirname(path)
             try:
-                os.makedirs(parent, exist_ok=True)
+                # It lists every file of the host: a directory made for it is ours alone.
+                os.makedirs(parent, mode=0o700, exist_ok=True)
+                if fresh:
+                    _create_private(path)
             except OSError as e:
-                msg = f"cannot create the manifest's directory {os.fsdecode(parent)}: {e.strerror}"
+                msg = f"cannot create the manifest {name}: {e.strerror}"
                 raise ManifestError(msg) from e
         try:
             conn = sqlite3.connect(path, timeout=LOCK_TIMEOUT_S, isolation_level=None)
@@ -631,6 +636,41 @@ def _run_script(conn: sqlite3.Connection, script: str) -> None:
     for statement in script.split(";"):
         if statement.strip():
             conn.execute(statement)
+
+
+SIDE_FILES = (b"-wal", b"-shm", b"-journal")
+
+
+def refuse_symlinks(path: bytes) -> None:
+    """Refuse a manifest (or a side file SQLite would open beside it) that is a symlink.
+
+    integrityd runs as root: a symlink planted at the manifest's path, or at its -wal or
+    -shm, would have SQLite create or overwrite whatever it points to.
+    """
+    for p in (path, *(path + s for s in SIDE_FILES)):
+        try:
+            st = os.lstat(p)
+        except OSError:
+            continue  # absent (or unreadable: opening it says why)
+        if stat.S_ISLNK(st.st_mode):
+            msg = (
+                f"{os.fsdecode(p)} is a symlink; integrityd does not follow one at the "
+                "manifest's path: give the path of the manifest itself"
+            )
+            raise ManifestError(msg)
+
+
+def _create_private(path: bytes) -> None:
+    """Create an empty manifest that only its owner may read (0600).
+
+    SQLite gives its side files the same mode. O_EXCL and O_NOFOLLOW: nothing planted
+    there meanwhile is opened.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        os.close(os.open(path, flags, 0o600))
+    except FileExistsError:
+        refuse_symlinks(path)  # made meanwhile: a symlink is refused, a file is opened
 
 
 def _check_header(path: bytes, mode: Mode) -> bool:

@@ -36,3 +36,13 @@ def join(parent: bytes, name: bytes) -> bytes:
     if not parent:
         return name
     return parent.rstrip(b"/") + b"/" + name
+
+
+def resolved_keeping_name(path: str) -> bytes:
+    """``path`` absolute, its directories resolved, its last name kept as given.
+
+    For the manifest: a symlink in its directories is the system's business, but one at
+    the manifest's own name must be seen (and refused), not followed.
+    """
+    head, name = os.path.split(os.path.abspath(os.path.expanduser(path)))
+    return os.fsencode(os.path.join(os.path.realpath(head), name))

@@ -1,0 +1,73 @@
+"""The manifest's own path: never followed through a symlink, and private to its owner."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+from .conftest import Watcher, integrityd
+
+
+def test_a_symlink_at_the_manifest_s_path_is_refused(tree: Path, tmp_path: Path) -> None:
+    """A symlink to a victim given as -m: every command exits 18, the victim untouched."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious\n")
+    link = tmp_path / "m.db"
+    link.symlink_to(victim)
+    for command in ("init", "check", "accept --all", "verify"):
+        r = integrityd(*command.split(), "-m", link, *([tree] if command == "init" else []))
+        assert r.returncode == 18, (command, r.stderr)
+        assert f"{link} is a symlink" in r.stderr
+    assert victim.read_bytes() == b"precious\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.db", "tree", "victim"]
+
+
+def test_a_symlink_planted_as_a_side_file_is_refused(tree: Path, tmp_path: Path) -> None:
+    """SQLite would create or truncate whatever m.db-wal or m.db-shm points to."""
+    manifest = tmp_path / "m.db"
+    assert integrityd("init", "-m", manifest, tree).returncode == 0
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious\n")
+    for side in ("-wal", "-shm"):
+        planted = tmp_path / f"m.db{side}"
+        if planted.exists():
+            planted.unlink()
+        planted.symlink_to(victim)
+        r = integrityd("check", "-m", manifest)
+        assert r.returncode == 18, r.stderr
+        assert f"{planted} is a symlink" in r.stderr
+        planted.unlink()
+    assert victim.read_bytes() == b"precious\n"
+
+
+def test_a_new_manifest_and_its_directory_are_private(tree: Path, tmp_path: Path) -> None:
+    """It lists every file of the host: 0600, in a directory integrityd made 0700."""
+    manifest = tmp_path / "state" / "deeper" / "m.db"
+    assert integrityd("init", "-m", manifest, tree).returncode == 0
+    assert stat.S_IMODE(manifest.stat().st_mode) == 0o600
+    assert stat.S_IMODE(manifest.parent.stat().st_mode) == 0o700
+    for side in manifest.parent.iterdir():  # whatever SQLite left beside it: the same
+        assert stat.S_IMODE(side.stat().st_mode) == 0o600, side
+
+
+def test_the_daemon_s_lock_file_is_private_and_never_followed(
+    tree: Path, tmp_path: Path, watcher: Callable[..., Watcher]
+) -> None:
+    """The lock file is 0600; a symlink planted in its place is refused (exit 20)."""
+    manifest = tmp_path / "m.db"
+    assert integrityd("init", "-m", manifest, tree).returncode == 0
+    w = watcher("-m", manifest)
+    w.ready()
+    lock = tmp_path / "m.db-watch.lock"
+    assert stat.S_IMODE(lock.stat().st_mode) == 0o600
+    assert w.stop() == 0
+    lock.unlink()
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious\n")
+    lock.symlink_to(victim)
+    w = watcher("-m", manifest)
+    assert w.proc.wait(30) == 20
+    assert victim.read_bytes() == b"precious\n"
+    assert os.path.islink(lock)

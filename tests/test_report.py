@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -17,6 +19,8 @@ from integrityd.report import (
     text_lines,
     unescape_path,
 )
+
+from .conftest import findings, integrityd
 
 
 @pytest.mark.parametrize(
@@ -93,3 +97,23 @@ def test_every_change_label_fits_its_column() -> None:
         "             uid      0 → 5",
         "             target   /a → /etc/shadow",
     ]
+
+
+def test_a_bidi_override_in_a_name_cannot_disguise_it_in_the_text_report(
+    tree: Path, manifest: Path
+) -> None:
+    """U+202E makes "invoice<RLO>fdp.exe" display as "invoiceexe.pdf": escaped for people.
+
+    The JSON keeps the name as it is (a program reads what it is); the text report
+    writes the override as its UTF-8 bytes, which unescape_path turns back.
+    """
+    assert integrityd("init", "-m", manifest, tree).returncode == 0
+    name = "invoice\u202efdp.exe"
+    (tree / name).write_bytes(b"MZ")
+    text = integrityd("check", "-m", manifest)
+    assert "\u202e" not in text.stdout
+    shown = f"{tree}/invoice\\xe2\\x80\\xaefdp.exe"
+    assert f"added      {shown}" in text.stdout
+    assert unescape_path(shown) == os.fsencode(tree / name)
+    js = integrityd("check", "--json", "-m", manifest)
+    assert ("added", f"{tree}/{name}") in findings(js)

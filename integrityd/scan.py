@@ -354,15 +354,7 @@ class Scanner:
             found.write(key, state)
             return
         old = FileState.from_recorded(state.path, recorded) if recorded is not None else None
-        finding: Finding | None
-        if "grow" in attrs and old is not None and _grew_or_moved(old, state):
-            finding = self._growth(old, state, attrs, key, at)
-        elif "grow" in attrs and old is None and _read_file(state):
-            # New here, but maybe a rotation's other end: another entry's file, grown.
-            continues = self._continues_a_sibling(key[0], key[1], state, at)
-            finding = None if continues else classify(old, state, attrs)
-        else:
-            finding = classify(old, state, attrs)
+        finding = self._classify(old, state, attrs, key, at)
         if finding is None and self.watches:
             found.matched.append(state.path)
         accepted = self.accepts is None or finding is None or finding.action in self.accepts
@@ -370,6 +362,28 @@ class Scanner:
             found.findings.append(finding)
         if self.writes and state.error_type is None and accepted:
             found.write(key, state)
+        if old is not None and old.type == "dir" and state.type not in ("dir", "unknown"):
+            self._orphaned(found, old)
+
+    def _classify(
+        self,
+        old: FileState | None,
+        new: FileState,
+        attrs: frozenset[str],
+        key: tuple[bytes, bytes],
+        at: tuple[int, bytes] | None,
+    ) -> Finding | None:
+        """compare.classify, and for ``grow`` what only the file system can tell it."""
+        if "grow" in attrs and old is not None and _grew_or_moved(old, new):
+            return self._growth(old, new, attrs, key, at)
+        # New here, but maybe a rotation's other end: another entry's file, grown.
+        continues = (
+            "grow" in attrs
+            and old is None
+            and _read_file(new)
+            and self._continues_a_sibling(key[0], key[1], new, at)
+        )
+        return None if continues else classify(old, new, attrs)
 
     def _snapshot(self, state: FileState, at: tuple[int, bytes] | None) -> FileState:
         """A file that may only grow and kept changing while read: hash what it held then.
@@ -435,6 +449,20 @@ class Scanner:
                 got = self.hasher.prefix(new.path, old.size, at)
                 return got is not None and got[1].st_ino == new.inode and got[0] == old.sha256
         return False
+
+    def _orphaned(self, found: _Found, old: FileState) -> None:
+        """A directory replaced by a symlink, a file or a device: what it held is gone.
+
+        Its baseline entries are removed, as for a directory deleted: check and watch
+        then say the same, and accept drops them, so that they are reported added when a
+        directory comes back. The entry itself stays, with what replaced it.
+        """
+        if self.accepts is None or "removed" in self.accepts:
+            found.findings.extend(
+                Finding("removed", b.path, b, None) for b in self.baseline.below(old.path)
+            )
+        if self.writes and self.accepts is None:
+            found.deletes.extend(join(old.path, n) for n in self.baseline.children(old.path))
 
     def _removed(self, found: _Found, scope: int, old: FileState) -> None:
         root = self.job.scopes[scope].root.path

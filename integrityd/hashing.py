@@ -71,6 +71,25 @@ _LOCAL_CLOCK = frozenset({
     0xE0F5E1E2,  # erofs
     0x9660,  # iso9660
 })  # fmt: skip
+# statfs() f_type of the filesystems whose files the kernel makes up as they are read
+# (linux/magic.h): never entered or hashed, whatever one_filesystem says.
+PSEUDO_FILESYSTEMS = {
+    0x9FA0: "proc",
+    0x62656572: "sysfs",
+    0x64626720: "debugfs",
+    0x74726163: "tracefs",
+    0x73636673: "securityfs",
+    0x0027E0EB: "cgroup",
+    0x63677270: "cgroup2",
+    0xCAFE4A11: "bpf",
+    0x62656570: "configfs",
+    0x00001CD1: "devpts",
+    0x19800202: "mqueue",
+    0x6165676C: "pstore",
+    0xDE5E81E4: "efivarfs",
+    0x42494E4D: "binfmt_misc",
+    0x65735543: "fusectl",
+}
 # How far before the open a file's ctime must lie to count as settled. It covers the
 # coarse clock the kernel stamps files with (a tick, at most 10 ms), filesystems that
 # keep whole seconds (ext3, ext4 with 128-byte inodes) and small clock adjustments; a
@@ -155,6 +174,16 @@ class Hasher:
         self._next = pace.since if pace is not None else 0.0  # when the next read may start
         self._fs_type = _fs_type_reader()
         self._flag_buf = bytearray(4)  # FS_IOC_GETFLAGS writes here
+
+    def pseudo(self, directory: int | bytes) -> str | None:
+        """The name of the pseudo-filesystem ``directory`` is on (proc, sysfs...), else None.
+
+        ``directory`` is a descriptor or a path. Such a filesystem's files are made up on
+        read (``/proc/<pid>/pagemap`` yields data for ever): never entered, never hashed.
+        """
+        if self._fs_type is None:
+            return None
+        return PSEUDO_FILESYSTEMS.get(self._fs_type(directory))
 
     def trusts_clock(self, directory: int | bytes) -> bool:
         """True if files in ``directory`` get their timestamps from this kernel's clock.
@@ -329,7 +358,7 @@ class Hasher:
             if n == st.st_size and n < len(self._buf):
                 return _regular(path, st, hashlib.sha256(self._view[:n]).digest(), extra)
             if n == len(self._buf):
-                digest, length = self._digest(fd, n)
+                digest, length = self._digest(fd, n, st.st_size)
                 after = os.fstat(fd)
                 if length == after.st_size and after.st_ctime_ns < settled_before:
                     return _regular(path, after, digest, extra)
@@ -359,7 +388,7 @@ class Hasher:
                 ):
                     return _regular(path, after, hashlib.sha256(self._view[:n]).digest(), extra)
         for _attempt in range(2):
-            digest, length = self._digest(fd, 0)
+            digest, length = self._digest(fd, 0, before.st_size)
             after = os.fstat(fd)
             if (
                 length == after.st_size == before.st_size
@@ -411,17 +440,24 @@ class Hasher:
         finally:
             os.close(fd)
 
-    def _digest(self, fd: int, offset: int) -> tuple[bytes, int]:
-        """SHA-256 and length from ``offset`` on; the buffer holds the ``offset`` bytes before."""
+    def _digest(self, fd: int, offset: int, expected: int) -> tuple[bytes, int]:
+        """SHA-256 and length from ``offset`` on; the buffer holds the ``offset`` bytes before.
+
+        Reads stop one chunk past ``expected`` (the size fstat() gave): a file that keeps
+        yielding data beyond its size (``/proc/<pid>/pagemap`` says 0 and yields
+        terabytes) is not read for ever. The length then differs from the size, which
+        the caller reports as a file that changed while it was read.
+        """
         h = hashlib.sha256(self._view[:offset])
         view, size = self._view, len(self._buf)
+        limit = expected + size
         while True:
             n = self._pread(fd, offset)
             h.update(view[:n])
             offset += n
             # A short read means end of file for a regular file; the fstat() afterwards
             # catches a file that grew in the meantime.
-            if n < size:
+            if n < size or offset > limit:
                 return h.digest(), offset
 
 

@@ -236,6 +236,20 @@ class Scanner:
         if listing.error is not None:
             found.unreadable_dirs.append((directory, listing.error_type or "os", listing.error))
             return [], []
+        # Another filesystem is met below a root only where one_filesystem is false; a
+        # root itself may be anywhere. fstatfs() of the open directory: no name to swap.
+        asks = self.devices[scope] is None or directory == self.job.scopes[scope].start
+        kind = self.hasher.pseudo(listing.fd) if asks and listing.fd is not None else None
+        if kind is not None and listing.fd is not None:
+            os.close(listing.fd)
+            log.warning(
+                "pseudo_filesystem",
+                message=f"{os.fsdecode(directory)} is on {kind}, a filesystem the kernel "
+                "makes up as it is read: recorded, not entered",
+                path=os.fsdecode(directory),
+                filesystem=kind,
+            )
+            return [], []
         try:
             return listing.subdirs, self._entries(directory, scope, listing, found)
         finally:

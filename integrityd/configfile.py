@@ -29,11 +29,15 @@ def load(path: str, *, roots_exist: bool = False) -> Config:
     """
     try:
         with open(path, encoding="utf-8") as f:
-            text = f.read()
+            text = f.read(MAX_BYTES + 1)
     except (OSError, UnicodeDecodeError) as e:
         msg = f"cannot read config {path}: {e}"
         raise ConfigError(msg) from e
+    if len(text) > MAX_BYTES:
+        msg = f"{path}: larger than {MAX_BYTES // 1024} KiB; a config this size is a mistake"
+        raise ConfigError(msg)
     try:
+        _check_depth(text, path)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
@@ -54,6 +58,30 @@ def load(path: str, *, roots_exist: bool = False) -> Config:
         ordered = sorted(builder.problems, key=lambda p: p[0])
         raise ConfigError.of([message for _, message in ordered], path)
     return cfg
+
+
+MAX_BYTES = 1 << 20
+MAX_DEPTH = 32
+"""A real config nests five deep; PyYAML's composer recurses once per level, and 5,000
+levels of lists ended in a RecursionError instead of a line number."""
+
+
+def _check_depth(text: str, path: str) -> None:
+    """Refuse YAML nested deeper than MAX_DEPTH, at the line where it gets too deep.
+
+    yaml.parse yields events from a state machine, without recursion, so it can look
+    at any depth before the composer would recurse into it.
+    """
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                line = event.start_mark.line + 1 if event.start_mark else 0
+                msg = f"{path}:{line}: nested more than {MAX_DEPTH} levels deep"
+                raise ConfigError(msg)
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
 
 
 class _At(ConfigError):

@@ -194,3 +194,23 @@ def test_every_mistake_is_reported_in_the_order_of_the_file(tmp_path: Path) -> N
         f"{path}:1: report: must be text or json, got 'html' "
         f"(and 3 more: see 'integrityd config check {path}')"
     )
+
+
+def test_yaml_nested_thousands_deep_is_a_config_error_with_its_line(tmp_path: Path) -> None:
+    """5,000 levels of lists were a RecursionError (exit 19, an 18 KB line): exit 17 now."""
+    path = tmp_path / "deep.yaml"
+    path.write_text("log:\n  level: info\nroots:\n" + "  - " + "[" * 5000 + "]" * 5000 + "\n")
+    r = integrityd("config", "check", path)
+    assert r.returncode == 17
+    assert f"{path}:4: nested more than 32 levels deep" in r.stderr
+    assert len(r.stderr) < 500
+    assert "RecursionError" not in r.stderr
+
+
+def test_a_huge_config_file_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    """A config over 1 MiB is a mistake (or an attack): one line, exit 17."""
+    path = tmp_path / "big.yaml"
+    path.write_text("# " + "x" * (2 << 20) + "\n")
+    r = integrityd("config", "check", path)
+    assert r.returncode == 17
+    assert f"{path}: larger than 1024 KiB" in r.stderr

@@ -168,7 +168,8 @@ def _states(conn: sqlite3.Connection, where: str, params: tuple[bytes, ...]) -> 
         yield FileState.from_recorded(join(parent, name), recorded)
 
 
-def _sqlite_error(path: bytes, e: sqlite3.Error) -> ManifestError:
+def sqlite_error(path: bytes, e: sqlite3.Error) -> ManifestError:
+    """SQLite's error on the manifest ``path`` as ours: locked, damaged, or otherwise."""
     name = os.fsdecode(path)
     text = str(e)
     if "locked" in text or "busy" in text:
@@ -218,7 +219,7 @@ class ManifestStore:
             conn.close()
             if mode in ("read", "progress") and _cannot_write(e):
                 return cls._read_only(path)
-            raise _sqlite_error(path, e) from e
+            raise sqlite_error(path, e) from e
         except ManifestError:
             conn.close()
             raise
@@ -232,7 +233,7 @@ class ManifestStore:
             store._start(False, "read")
         except sqlite3.Error as e:
             store.close()
-            raise _sqlite_error(path, e) from e
+            raise sqlite_error(path, e) from e
         except ManifestError:
             store.close()
             raise
@@ -318,7 +319,7 @@ class ManifestStore:
             if reopen:
                 self._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as e:
-            raise _sqlite_error(self.path, e) from e
+            raise sqlite_error(self.path, e) from e
 
     def mark_verified(self, entries: list[tuple[bytes, bytes]]) -> None:
         """Record that these (parent, name) entries were read and compared now.
@@ -567,7 +568,7 @@ def connect_read(path: bytes) -> sqlite3.Connection:
         if conn is not None:
             conn.close()
         if not _cannot_write(e):
-            raise _sqlite_error(path, e) from e
+            raise sqlite_error(path, e) from e
     try:
         pending = os.stat(path + b"-wal").st_size > 0
     except FileNotFoundError:
@@ -588,7 +589,7 @@ def connect_read(path: bytes) -> sqlite3.Connection:
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
         _compat_view(conn)
     except sqlite3.Error as e:
-        raise _sqlite_error(path, e) from e
+        raise sqlite_error(path, e) from e
     return conn
 
 
@@ -628,7 +629,7 @@ class _Guard:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
     ) -> None:
         if isinstance(exc, sqlite3.Error):
-            raise _sqlite_error(self.path, exc) from exc
+            raise sqlite_error(self.path, exc) from exc
 
 
 def _run_script(conn: sqlite3.Connection, script: str) -> None:

@@ -265,7 +265,10 @@ class WorkerPool:
             self._replace(worker)
 
     def _receive(self, worker: _Worker) -> None:
-        spawned, walked, report = worker.conn.recv()
+        msg = worker.conn.recv()
+        if isinstance(msg, Failed):  # the worker cannot go on: nor can the run
+            raise _rebuild(msg)
+        spawned, walked, report = msg
         done, _, urgent = worker.inflight.pop(0)
         self._running[done.scope] -= 1
         self.walked += walked
@@ -415,7 +418,7 @@ def parent_only(conn: Connection) -> None:
 
 
 def _rebuild(msg: Failed) -> IntegritydError:
-    """The collector's error as the same class here, so it keeps its exit code."""
+    """A child's error as the same class here, so that it keeps its exit code."""
     cls = getattr(errors, msg.error_type, None)
     if isinstance(cls, type) and issubclass(cls, IntegritydError) and cls is not errors.Interrupted:
         return cls(msg.message)

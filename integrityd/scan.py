@@ -9,22 +9,26 @@ lacks is removed; if it was a directory, so is everything below it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import sqlite3
 import time
 from multiprocessing.connection import Connection
 
 from integrityd import logsetup
 from integrityd.compare import classify
 from integrityd.config import EXTENDED
+from integrityd.errors import IntegritydError
 from integrityd.exclude import Excluder
 from integrityd.failures import failed
 from integrityd.hashing import Hasher, Pace, from_stat, settled_before
-from integrityd.manifest import BaselineReader, row
+from integrityd.manifest import BaselineReader, row, sqlite_error
 from integrityd.messages import (
     HINT_FILE,
     DirTask,
     ErrorType,
+    Failed,
     FileState,
     FileTask,
     Finding,
@@ -571,8 +575,9 @@ def worker_main(  # noqa: PLR0917 - a Process passes its args by position
     logsetup.configure(job.log)
     if idle:
         _be_idle()
-    scanner = Scanner(job, chunk_size, pace, hungry=hungry)
+    scanner: Scanner | None = None
     try:
+        scanner = Scanner(job, chunk_size, pace, hungry=hungry)
         while (task := conn.recv()) is not None:
             if isinstance(task, Job):  # the daemon reloaded its config; no reply expected
                 logsetup.configure(task.log)
@@ -582,7 +587,14 @@ def worker_main(  # noqa: PLR0917 - a Process passes its args by position
                 continue
             spawned, report, walked = scanner.run(task)
             conn.send((spawned, walked, pickle.dumps(report, pickle.HIGHEST_PROTOCOL)))
-    except (EOFError, BrokenPipeError):
-        pass  # the main process is gone; nobody wants our results
+    except (EOFError, ConnectionError):
+        pass  # the main process is gone (EOF, EPIPE, ECONNRESET): nobody wants our results
+    except (sqlite3.Error, IntegritydError) as e:
+        # A damaged manifest page, say: main ends the run with its exit code, in one line
+        # (a traceback per worker said nothing more, and the run went on without them).
+        err = sqlite_error(job.manifest, e) if isinstance(e, sqlite3.Error) else e
+        with contextlib.suppress(OSError):
+            conn.send(Failed(type(err).__name__, str(err), err.exit_code))
     finally:
-        scanner.close()
+        if scanner is not None:
+            scanner.close()

@@ -144,9 +144,33 @@ def test_kill_9_during_init_keeps_old_baseline(slow_tree: Path, manifest: Path) 
     hashing_pid(proc, slow_tree / "big.img")
     seen = descendants(proc.pid)
     proc.kill()
-    assert finish(proc).returncode == -signal.SIGKILL
+    result = finish(proc)  # the workers' stderr too: they hold the pipe until they exit
+    assert result.returncode == -signal.SIGKILL
     wait_for(lambda: not any(alive(p) for p in seen), timeout=10, what="orphans to exit")
     assert dump(manifest) == before
+    assert "Traceback" not in result.stderr  # a worker whose main is gone leaves quietly
+
+
+def test_a_damaged_page_read_by_the_workers_is_one_line(tmp_path: Path, manifest: Path) -> None:
+    """The workers read the baseline too: a damaged page there is exit 18, in one line."""
+    root = tmp_path / "many"
+    for d in range(20):
+        (root / f"d{d}").mkdir(parents=True)
+        for i in range(100):
+            (root / f"d{d}" / f"file-with-a-longish-name-{i}").write_text("x" * i)
+    assert integrityd("init", "-m", manifest, root).returncode == 0
+    for suffix in ("-wal", "-shm"):
+        Path(f"{manifest}{suffix}").unlink(missing_ok=True)
+    data = bytearray(manifest.read_bytes())
+    pages = len(data) // 4096
+    for page in range(pages // 2, pages // 2 + 3):  # leaves of the files table, not its root
+        data[page * 4096 : (page + 1) * 4096] = hashlib.sha256(bytes([page])).digest() * 128
+    manifest.write_bytes(bytes(data))
+    r = integrityd("check", "--json", "-m", manifest)
+    assert r.returncode == 18, r.stderr
+    assert r.stderr.count("\n") == 1, r.stderr
+    assert "database disk image is malformed" in r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_second_writer_is_refused_reader_is_not(tree: Path, manifest: Path) -> None:

@@ -63,6 +63,7 @@ def run(data: Connection, ctl: Connection, job: Job) -> None:
         _watch(data, ctl, job)
         return
     mode = job.policy.manifest
+    parent = os.getppid()
     try:
         with ManifestStore.open(job.manifest, mode) as store:
             if mode == "progress" and not store.writable:
@@ -79,6 +80,10 @@ def run(data: Connection, ctl: Connection, job: Job) -> None:
                 if not collector.receive(data):
                     return  # main went away: leave without committing anything
                 summary = collector.finish()
+            if os.getppid() != parent:
+                # Main died after it sent Finish: nobody will see the report, and a
+                # baseline nobody saw accepted must not be committed. Closing rolls back.
+                return
             if store.writable:
                 store.commit()
             collector.write_report(summary)

@@ -173,6 +173,48 @@ def test_a_damaged_page_read_by_the_workers_is_one_line(tmp_path: Path, manifest
     assert "Traceback" not in r.stderr
 
 
+def _waiting_for_a_reply(pid: int) -> bool:
+    """True while ``pid`` sleeps in a read of a pipe (main, waiting for the summary)."""
+    try:
+        with open(f"/proc/{pid}/wchan") as f:
+            return f.read().strip().endswith("pipe_read")  # anon_pipe_read on 6.x kernels
+    except OSError:
+        return False
+
+
+def test_accept_whose_main_dies_before_the_commit_commits_nothing(
+    slow_tree: Path, manifest: Path
+) -> None:
+    """The collector commits only for a main that is still there to report it.
+
+    The collector is stopped mid-run; main sends everything and Finish, then waits; main
+    is killed; the collector, resumed, finds Finish in its pipe, but its parent is gone:
+    it rolls back. Before, it committed a baseline nobody had seen the report of.
+    """
+    assert integrityd("init", "-m", manifest, slow_tree).returncode == 0
+    before = dump(manifest)
+    (slow_tree / "new.txt").write_text("n")
+    proc = start("accept", "--all", "-m", manifest, "--json", "-j", "1")
+    hashing_pid(proc, slow_tree / "big.img")  # the collector has said Ready by now
+    collector = min(descendants(proc.pid))  # started first, before the workers
+    os.kill(collector, signal.SIGSTOP)
+    try:
+        wait_for(
+            lambda: descendants(proc.pid) == {collector} and _waiting_for_a_reply(proc.pid),
+            timeout=60,
+            what="main to wait for the summary, the workers gone",
+        )
+        proc.kill()
+        proc.wait(20)
+    finally:
+        os.kill(collector, signal.SIGCONT)
+    wait_for(lambda: not alive(collector), timeout=20, what="the collector to exit")
+    result = finish(proc)  # stdout closes once the collector, which shares it, is gone
+    assert result.returncode == -signal.SIGKILL
+    assert dump(manifest) == before
+    assert '"action": "summary"' not in result.stdout  # and it reported nothing
+
+
 def test_second_writer_is_refused_reader_is_not(tree: Path, manifest: Path) -> None:
     """While another writer holds the manifest, accept fails with 'locked' (20).
 

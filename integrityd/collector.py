@@ -272,8 +272,9 @@ def _watch(data: Connection, ctl: Connection, job: Job) -> None:
 
 _UNSTABLE = frozenset({"mtime_ns", "ctime_ns", "inode"})  # change with every write
 _KEYED = [i for i, name in enumerate(RECORDED) if name not in _UNSTABLE]
-# A directory's link count moves with each subdirectory, and is not compared (compare.py).
-_KEYED_DIR = [i for i in _KEYED if RECORDED[i] != "nlink"]
+# A directory's size and link count move with its entries, which have findings of their
+# own (and nlink is not compared for directories: compare.py).
+_KEYED_DIR = [i for i in _KEYED if RECORDED[i] not in ("nlink", "size")]
 
 
 def _key(f: Finding) -> tuple[object, ...]:

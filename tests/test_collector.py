@@ -52,3 +52,35 @@ def test_older_news_of_a_reported_path_is_dropped(
         ("modified", (b"t" * 32).hex()),
         ("restored", old.sha256.hex() if old.sha256 else None),
     ]
+
+
+def test_an_added_directory_is_reported_once_whatever_its_size(
+    tmp_path: Path, manifest: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A re-scan finds a new directory again, its size and times moved by what it holds.
+
+    A directory's own size and link count follow its entries, which have findings of
+    their own: the directory stays one added directory (its mode or owner would be news).
+    """
+    root = tmp_path / "root"
+    (root / "new").mkdir(parents=True)
+    assert integrityd("init", "-m", manifest, root / "new").returncode == 0  # another root
+    path = os.fsencode(root / "new")
+    reader = BaselineReader(os.fsencode(manifest))
+    seen = reader.lookup(path)
+    reader.close()
+    assert seen is not None and seen.type == "dir"
+    grown = seen._replace(size=seen.size + 4096, mtime_ns=seen.mtime_ns + 1, nlink=5)
+    chmodded = grown._replace(mode=0o700)
+    live = _Live(scan_job("watch", root, manifest))
+    try:
+        live.report(report(10.0, [Finding("added", path, None, seen)], []))
+        live.report(report(20.0, [Finding("added", path, None, grown)], []))  # the re-scan
+        live.report(report(30.0, [Finding("added", path, None, chmodded)], []))
+    finally:
+        live.close()
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(e["event"]["action"], e["file"]["mode"]) for e in events] == [
+        ("added", f"{seen.mode:04o}"),
+        ("added", "0700"),
+    ]

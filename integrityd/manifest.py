@@ -196,7 +196,7 @@ class ManifestStore:
         read-only filesystem (see ``connect_read``); ``writable`` then says False.
         """
         name = os.fsdecode(path)
-        refuse_symlinks(path)
+        refuse_unsafe(path)
         fresh = _check_header(path, mode)
         if mode == "create":
             parent = os.path.dirname(path)
@@ -642,11 +642,14 @@ def _run_script(conn: sqlite3.Connection, script: str) -> None:
 SIDE_FILES = (b"-wal", b"-shm", b"-journal")
 
 
-def refuse_symlinks(path: bytes) -> None:
-    """Refuse a manifest (or a side file SQLite would open beside it) that is a symlink.
+def refuse_unsafe(path: bytes) -> None:
+    """Refuse a manifest that someone besides its owner could replace or rewrite.
 
     integrityd runs as root: a symlink planted at the manifest's path, or at its -wal or
-    -shm, would have SQLite create or overwrite whatever it points to.
+    -shm, would have SQLite create or overwrite whatever it points to. And a baseline
+    that others may write, or that lies in a directory where others may rename files
+    (one they may write, without the sticky bit that /tmp has), is one an intruder can
+    swap for a baseline of his own.
     """
     for p in (path, *(path + s for s in SIDE_FILES)):
         try:
@@ -659,6 +662,26 @@ def refuse_symlinks(path: bytes) -> None:
                 "manifest's path: give the path of the manifest itself"
             )
             raise ManifestError(msg)
+        if p == path and st.st_mode & 0o022:
+            msg = (
+                f"manifest {os.fsdecode(p)} may be written by others than its owner "
+                f"(mode {stat.S_IMODE(st.st_mode):04o}), who could rewrite the baseline; "
+                f"chmod go-w {os.fsdecode(p)}"
+            )
+            raise ManifestError(msg)
+    directory = os.path.dirname(path) or b"."
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return  # absent: init creates it (0700); others say the manifest is missing
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        name = os.fsdecode(directory)
+        msg = (
+            f"the manifest's directory {name} may be written by others than its owner "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}, no sticky bit), who could replace the "
+            f"manifest; chmod go-w {name}, or keep the manifest in a directory of its own"
+        )
+        raise ManifestError(msg)
 
 
 def _create_private(path: bytes) -> None:
@@ -671,7 +694,7 @@ def _create_private(path: bytes) -> None:
     try:
         os.close(os.open(path, flags, 0o600))
     except FileExistsError:
-        refuse_symlinks(path)  # made meanwhile: a symlink is refused, a file is opened
+        refuse_unsafe(path)  # made meanwhile: a symlink is refused, a file is opened
 
 
 def _check_header(path: bytes, mode: Mode) -> bool:

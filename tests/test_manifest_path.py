@@ -71,3 +71,32 @@ def test_the_daemon_s_lock_file_is_private_and_never_followed(
     assert w.proc.wait(30) == 20
     assert victim.read_bytes() == b"precious\n"
     assert os.path.islink(lock)
+
+
+def test_a_manifest_others_may_write_is_refused(tree: Path, tmp_path: Path) -> None:
+    """Group- or world-writable: anyone in that group could rewrite the baseline (exit 18)."""
+    manifest = tmp_path / "m.db"
+    assert integrityd("init", "-m", manifest, tree).returncode == 0
+    for mode in (0o664, 0o646):
+        manifest.chmod(mode)
+        r = integrityd("check", "-m", manifest)
+        assert r.returncode == 18, r.stderr
+        assert f"may be written by others than its owner (mode {mode:04o})" in r.stderr
+    manifest.chmod(0o644)  # readable by others is their business: it works
+    assert integrityd("check", "-m", manifest).returncode == 0
+
+
+def test_a_manifest_in_a_directory_others_may_write_is_refused(tree: Path, tmp_path: Path) -> None:
+    """Others could rename another baseline over it; with the sticky bit (like /tmp) not."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    manifest = shared / "m.db"
+    assert integrityd("init", "-m", manifest, tree).returncode == 0
+    shared.chmod(0o777)
+    for command in (("check",), ("init", tree)):
+        r = integrityd(*command, "-m", manifest)
+        assert r.returncode == 18, r.stderr
+        assert f"the manifest's directory {shared} may be written by others" in r.stderr
+    shared.chmod(0o1777)
+    assert integrityd("check", "-m", manifest).returncode == 0
+    shared.chmod(0o755)

@@ -507,6 +507,31 @@ class BaselineReader:
         # as recorded() is: star-unpacking would give a list, never equal to it).
         return {row[0]: row[1:] for row in self._conn.execute(sql, (directory,))}
 
+    def children_named(
+        self, directory: bytes, names: Sequence[bytes]
+    ) -> dict[bytes, tuple[Any, ...]]:
+        """``children`` for these names only: a huge directory, a batch at a time."""
+        found: dict[bytes, tuple[Any, ...]] = {}
+        for i in range(0, len(names), _IN_LIMIT):
+            chunk = names[i : i + _IN_LIMIT]
+            sql = (
+                f"SELECT name, {_STATE} FROM files "
+                f"WHERE parent = ? AND name IN ({', '.join('?' * len(chunk))})"
+            )
+            found.update((row[0], row[1:]) for row in self._conn.execute(sql, (directory, *chunk)))
+        return found
+
+    def count_children(self, directory: bytes) -> int:
+        """How many baseline entries ``directory`` holds directly."""
+        sql = "SELECT count(*) FROM files WHERE parent = ?"
+        return int(self._conn.execute(sql, (directory,)).fetchone()[0])
+
+    def each_child(self, directory: bytes) -> Iterator[tuple[bytes, tuple[Any, ...]]]:
+        """(name, recorded fields) of ``directory``'s entries, one row at a time."""
+        sql = f"SELECT name, {_STATE} FROM files WHERE parent = ? ORDER BY name"
+        for row in self._conn.execute(sql, (directory,)):
+            yield row[0], row[1:]
+
     def below(self, directory: bytes) -> Iterator[FileState]:
         """Every baseline entry below ``directory``, in path order."""
         return _states(self._conn, _BELOW, _below(directory))

@@ -268,6 +268,13 @@ class WorkerPool:
         msg = worker.conn.recv()
         if isinstance(msg, Failed):  # the worker cannot go on: nor can the run
             raise _rebuild(msg)
+        if len(msg) == 4:  # a part of the result of a task that goes on (a huge directory)
+            spawned, walked, report, _ = msg
+            urgent = worker.inflight[0][2]
+            for task in spawned:
+                self._push(task, 0, urgent)
+            self._deliver(report)
+            return
         spawned, walked, report = msg
         done, _, urgent = worker.inflight.pop(0)
         self._running[done.scope] -= 1

@@ -10,10 +10,12 @@ lacks is removed; if it was a directory, so is everything below it.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import pickle
 import sqlite3
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 
 from integrityd import logsetup
@@ -21,7 +23,7 @@ from integrityd.compare import classify
 from integrityd.config import EXTENDED
 from integrityd.errors import IntegritydError
 from integrityd.exclude import Excluder
-from integrityd.failures import failed
+from integrityd.failures import describe, error_type, failed
 from integrityd.hashing import Hasher, Pace, from_stat, settled_before
 from integrityd.manifest import BaselineReader, row, sqlite_error
 from integrityd.messages import (
@@ -40,13 +42,19 @@ from integrityd.messages import (
 from integrityd.paths import join, relative, split
 from integrityd.rules import NONE, Rules
 from integrityd.signals import ignore_stop_signals
-from integrityd.walk import Listing, list_dir
+from integrityd.walk import Entry, Listing, list_dir
 
 log = logsetup.get_logger()
 
+Emit = Callable[[list[Task], TaskResult], None]
+"""Sends part of a task's result to main before the task ends."""
+_Dir = tuple[bytes, int, int | None, dict[bytes, os.stat_result], int | None, int]
+"""A directory being compared: (path, scope, fd, dir_stats, settled_before, inherited)."""
+
 LARGE_FILE = 16 << 20  # hashed as a task of its own, so large files spread over workers
-HUGE_DIR = 2048  # a directory with more files than this is hashed by several workers
-FILES_PER_TASK = 512
+HUGE_DIR = 2048  # a directory with more entries than this is read and compared in batches
+FILES_PER_TASK = 512  # a batch: handed to an idle worker, or compared here
+FLUSH_ENTRIES = 2048  # a huge directory's findings go to main this often, not at the end
 # A recursive DirTask walks on into the subdirectories it finds until it has taken
 # TASK_BUDGET_S or compared TASK_BUDGET_ENTRIES entries, then hands back the directories
 # it did not get to as up to HAND_BACK tasks of at least HAND_BACK_DIRS directories each
@@ -89,6 +97,14 @@ class _Found:
             self.verified, self.matched, self.started,
         )  # fmt: skip
 
+    def flush(self) -> TaskResult:
+        """What was found so far, as a part of the task's result; then start afresh."""
+        part = self.report()
+        self.files = self.bytes = 0
+        self.findings, self.rows, self.deletes, self.unreadable_dirs = [], [], [], []
+        self.verified, self.matched = [], []
+        return part
+
 
 class Scanner:
     """Per-worker state: the hash buffer, a baseline reader, and each scope's rules."""
@@ -102,9 +118,11 @@ class Scanner:
         budget_s: float | None = None,
         budget_entries: int = TASK_BUDGET_ENTRIES,
         hungry: Hunger | None = None,
+        emit: Emit | None = None,
     ) -> None:
         self.job = job
         self.hungry = hungry
+        self.emit = emit  # sends part of a task's result at once (a huge directory's)
         policy = job.policy
         self.writes = policy.writes
         self.initialises = not policy.compares  # init: records what it finds, compares nothing
@@ -236,6 +254,7 @@ class Scanner:
             self.excluders[scope],
             self.job.skip,
             self.devices[scope],
+            limit=HUGE_DIR + 1,
         )
         if listing.error is not None:
             found.unreadable_dirs.append((directory, listing.error_type or "os", listing.error))
@@ -263,11 +282,6 @@ class Scanner:
     def _entries(
         self, directory: bytes, scope: int, listing: Listing, found: _Found
     ) -> list[FileTask]:
-        spawned: list[FileTask] = []
-        baseline = self.baseline.children(directory)  # name -> recorded fields
-        huge = len(listing.entries) > HUGE_DIR
-        deferred: list[bytes] = []
-        hashed = 0
         # Taken before the first open, as settled_before() requires.
         settled = self._settled_before(
             listing.fd if listing.fd is not None else directory, self.clock[scope]
@@ -275,17 +289,32 @@ class Scanner:
         rules = self.rules[scope]
         root = self.job.scopes[scope].root.path
         inherited = rules.inherited(relative(root, directory)) if rules else NONE
-        for name, path, hint in listing.entries:
-            if huge and hint == HINT_FILE:
-                hashed += 1
-                if hashed > FILES_PER_TASK:
-                    deferred.append(path)  # compared by whichever worker hashes it
-                    baseline.pop(name, None)
-                    continue
-            at = (listing.fd, name) if listing.fd is not None else None
+        ctx = (directory, scope, listing.fd, listing.dir_stats, settled, inherited)
+        if listing.more is not None:
+            return self._huge(ctx, listing, found)
+        baseline = self.baseline.children(directory)  # name -> recorded fields
+        spawned = self._each(ctx, listing.entries, baseline, found)
+        for name, recorded in baseline.items():  # not listed, or vanished meanwhile
+            self._removed(found, scope, FileState.from_recorded(join(directory, name), recorded))
+        return spawned
+
+    def _each(
+        self,
+        ctx: _Dir,
+        entries: list[Entry],
+        baseline: dict[bytes, tuple[object, ...]],
+        found: _Found,
+    ) -> list[FileTask]:
+        """Compare ``entries`` of a directory; pop what they match from ``baseline``."""
+        directory, scope, fd, dir_stats, settled, inherited = ctx
+        spawned: list[FileTask] = []
+        rules = self.rules[scope]
+        root = self.job.scopes[scope].root.path
+        for name, path, hint in entries:
+            at = (fd, name) if fd is not None else None
             extra = self.extra[scope]
             # The walker's lstat() of a subdirectory serves unless its attributes are due.
-            st = listing.dir_stats.get(name) if hint != HINT_FILE and not extra else None
+            st = dir_stats.get(name) if hint != HINT_FILE and not extra else None
             if st is not None:
                 state: FileState | None = from_stat(path, st)
             else:
@@ -301,12 +330,72 @@ class Scanner:
                 )
                 recorded = baseline.pop(name, None)
                 self._compare(found, scope, state, recorded, (directory, name), attrs, at)
-        for i in range(0, len(deferred), FILES_PER_TASK):
-            spawned.append(FileTask(tuple(deferred[i : i + FILES_PER_TASK]), scope))
-        for name, recorded in baseline.items():
-            path = os.path.join(directory, name)
-            self._removed(found, scope, FileState.from_recorded(path, recorded))
         return spawned
+
+    def _huge(self, ctx: _Dir, listing: Listing, found: _Found) -> list[FileTask]:
+        """A directory too big to hold: its listing and its baseline, a batch at a time.
+
+        Each batch of FILES_PER_TASK entries is compared with its own baseline rows (one
+        query), or, while other workers wait for work, handed to them as a task. What is
+        found goes to main every FLUSH_ENTRIES entries. An entry of the baseline that the
+        listing lacks is found without holding either whole: the batches count the rows
+        they matched, and only if the directory's baseline holds more are its names read
+        again, one row at a time, and looked up in the directory.
+        """
+        directory, scope, fd, _, _, _ = ctx
+        spawned: list[FileTask] = []
+        matched = 0
+        vanished: set[bytes] = set()  # listed, then gone before it was read: rare
+        entries = itertools.chain(listing.entries, listing.more or ())
+        first, since_flush = True, 0
+        try:
+            while batch := list(itertools.islice(entries, FILES_PER_TASK)):
+                baseline = self.baseline.children_named(directory, [e[0] for e in batch])
+                matched += len(baseline)
+                files = [e for e in batch if e[2] == HINT_FILE]
+                if not first and files and self._hungry(scope):
+                    self._fed(1)
+                    spawned.append(FileTask(tuple(e[1] for e in files), scope))
+                    batch = [e for e in batch if e[2] != HINT_FILE]
+                    for name, _, _ in files:
+                        baseline.pop(name, None)
+                spawned += self._each(ctx, batch, baseline, found)
+                for name, recorded in baseline.items():
+                    vanished.add(name)
+                    path = join(directory, name)
+                    self._removed(found, scope, FileState.from_recorded(path, recorded))
+                first, since_flush = False, since_flush + len(batch)
+                if self.emit is not None and (since_flush >= FLUSH_ENTRIES or spawned):
+                    self.emit(list(spawned), found.flush())
+                    spawned.clear()
+                    since_flush = 0
+        except OSError as e:  # the directory could not be read to its end
+            found.unreadable_dirs.append((directory, error_type(e), describe(e)))
+            return spawned
+        if self.baseline.count_children(directory) > matched:
+            self._unlisted(directory, scope, fd, vanished, found)
+        return spawned
+
+    def _unlisted(
+        self, directory: bytes, scope: int, fd: int | None, known: set[bytes], found: _Found
+    ) -> None:
+        """A huge directory's baseline entries that its listing lacked: removed (or excluded)."""
+        root = self.job.scopes[scope].root.path
+        for name, recorded in self.baseline.each_child(directory):
+            if name in known:
+                continue
+            path = join(directory, name)
+            if path not in self.job.skip and not self.excluders[scope].matches(
+                relative(root, path), recorded[0] == "dir"
+            ):
+                try:
+                    os.stat(name if fd is not None else path, dir_fd=fd, follow_symlinks=False)
+                    continue  # there: it was listed and compared
+                except FileNotFoundError:
+                    pass
+                except OSError:
+                    continue  # there, but not to be looked at: the listing had it
+            self._removed(found, scope, FileState.from_recorded(path, recorded))
 
     def _files(self, task: FileTask, found: _Found) -> list[Task]:
         elsewhere: dict[bytes, bool] = {}
@@ -575,15 +664,20 @@ def worker_main(  # noqa: PLR0917 - a Process passes its args by position
     logsetup.configure(job.log)
     if idle:
         _be_idle()
+
+    def emit(spawned: list[Task], part: TaskResult) -> None:
+        # A part of the task's result: 4 items, where the whole result has 3.
+        conn.send((spawned, 0, pickle.dumps(part, pickle.HIGHEST_PROTOCOL), False))
+
     scanner: Scanner | None = None
     try:
-        scanner = Scanner(job, chunk_size, pace, hungry=hungry)
+        scanner = Scanner(job, chunk_size, pace, hungry=hungry, emit=emit)
         while (task := conn.recv()) is not None:
             if isinstance(task, Job):  # the daemon reloaded its config; no reply expected
                 logsetup.configure(task.log)
                 log.debug("reconfigured", process="worker", pid=os.getpid())
                 scanner.close()
-                scanner = Scanner(task, chunk_size, pace, hungry=hungry)
+                scanner = Scanner(task, chunk_size, pace, hungry=hungry, emit=emit)
                 continue
             spawned, report, walked = scanner.run(task)
             conn.send((spawned, walked, pickle.dumps(report, pickle.HIGHEST_PROTOCOL)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from integrityd.exclude import Excluder
@@ -21,11 +22,21 @@ _FS_ENCODING = sys.getfilesystemencoding()
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
-@dataclass(frozen=True, slots=True)
-class Listing:
-    """One directory's entries; ``subdirs`` are the ones to descend into."""
+Entry = tuple[bytes, bytes, str]
+"""(name, path, hint) of one directory entry."""
 
-    entries: list[tuple[bytes, bytes, str]] = field(default_factory=list)  # (name, path, hint)
+
+@dataclass(slots=True)
+class Listing:
+    """One directory's entries; ``subdirs`` are the ones to descend into.
+
+    A listing cut short at ``limit`` entries (a huge directory) holds the rest in
+    ``more``: an iterator over the same open directory that yields them as they are
+    read, and fills ``subdirs`` and ``dir_stats`` as it goes. Memory then stays in
+    proportion to what the caller keeps, not to the directory.
+    """
+
+    entries: list[Entry] = field(default_factory=list)
     subdirs: list[bytes] = field(default_factory=list)
     # lstat() of the subdirectories whose device was checked, by name: the worker records
     # them from this instead of asking the kernel a second time.
@@ -33,6 +44,7 @@ class Listing:
     error: str | None = None  # why it could not be listed, for people
     error_type: ErrorType | None = None  # and for programs
     fd: int | None = None  # the directory, open: the caller reads its entries relative to it
+    more: Iterator[Entry] | None = None  # the entries past ``limit``, still to be read
 
 
 def list_dir(
@@ -41,6 +53,8 @@ def list_dir(
     excluder: Excluder,
     skip: frozenset[bytes],
     device: int | None,
+    *,
+    limit: int | None = None,
 ) -> Listing:
     """List ``directory`` using only the entry types getdents returns (no stat per file).
 
@@ -49,7 +63,8 @@ def list_dir(
     (3 of 12 µs per small file on the development VM), and a path component swapped for
     a symlink mid-walk cannot lead the walk elsewhere. ``device`` is the root's st_dev
     when the walk must stay on one filesystem. A directory that vanished, or became a
-    symlink, lists as empty, so its baseline entries read as removed.
+    symlink, lists as empty, so its baseline entries read as removed. With ``limit``,
+    at most that many entries are read now, and ``Listing.more`` yields the rest.
     """
     try:
         fd = os.open(directory, _DIR_FLAGS)
@@ -62,26 +77,12 @@ def list_dir(
     out = Listing(fd=fd)
     prefix = directory.rstrip(b"/") + b"/"
     try:
-        with os.scandir(fd) as entries:
-            for entry in entries:
-                name = entry.name.encode(_FS_ENCODING, "surrogateescape")  # as os.fsencode
-                path = prefix + name
-                if path in skip:
-                    continue
-                try:
-                    is_dir = entry.is_dir(follow_symlinks=False)
-                    is_file = not is_dir and entry.is_file(follow_symlinks=False)
-                except OSError:
-                    is_dir = is_file = False  # the worker's lstat will say what it is
-                if excluder and excluder.matches(relative(root, path), is_dir):
-                    continue
-                out.entries.append((name, path, HINT_FILE if is_file else HINT_OTHER))
-                if is_dir and device is None:
-                    out.subdirs.append(path)
-                elif is_dir and (st := _lstat(entry)) is not None:
-                    out.dir_stats[name] = st
-                    if st.st_dev == device:  # else a mount point: recorded, not entered
-                        out.subdirs.append(path)
+        rest = _entries(os.scandir(fd), out, prefix, root, excluder, skip, device)
+        for entry in rest:
+            out.entries.append(entry)
+            if limit is not None and len(out.entries) >= limit:
+                out.more = rest
+                return out
     except OSError as e:
         os.close(fd)
         return Listing(error=describe(e), error_type=error_type(e))
@@ -89,6 +90,38 @@ def list_dir(
         os.close(fd)
         raise
     return out
+
+
+def _entries(  # noqa: PLR0917 - list_dir's state, passed on
+    entries: os._ScandirIterator[str],
+    out: Listing,
+    prefix: bytes,
+    root: bytes,
+    excluder: Excluder,
+    skip: frozenset[bytes],
+    device: int | None,
+) -> Iterator[Entry]:
+    """The entries of an open directory that the walk keeps, noting subdirectories."""
+    with entries:
+        for entry in entries:
+            name = entry.name.encode(_FS_ENCODING, "surrogateescape")  # as os.fsencode
+            path = prefix + name
+            if path in skip:
+                continue
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+                is_file = not is_dir and entry.is_file(follow_symlinks=False)
+            except OSError:
+                is_dir = is_file = False  # the worker's lstat will say what it is
+            if excluder and excluder.matches(relative(root, path), is_dir):
+                continue
+            if is_dir and device is None:
+                out.subdirs.append(path)
+            elif is_dir and (st := _lstat(entry)) is not None:
+                out.dir_stats[name] = st
+                if st.st_dev == device:  # else a mount point: recorded, not entered
+                    out.subdirs.append(path)
+            yield name, path, HINT_FILE if is_file else HINT_OTHER
 
 
 def _lstat(entry: os.DirEntry[str]) -> os.stat_result | None:

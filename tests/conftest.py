@@ -6,10 +6,12 @@ import hashlib
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -336,3 +338,35 @@ def watcher(tmp_path: Path) -> Iterator[Callable[..., Watcher]]:
     yield make
     for w in started:
         w.close()
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def has_commit(commit: str) -> bool:
+    """Whether this checkout's history holds ``commit`` (a shallow clone may not)."""
+    if shutil.which("git") is None:
+        return False
+    probe = ["git", "-C", str(REPO), "cat-file", "-e", f"{commit}^{{commit}}"]
+    return subprocess.run(probe, capture_output=True, check=False).returncode == 0
+
+
+def integrityd_of(commit: str, tmp_path: Path, *args: object) -> subprocess.CompletedProcess[str]:
+    """Run the CLI of an earlier commit (its package from git archive) in ``tmp_path``."""
+    old = tmp_path / f"release-{commit}"
+    if not old.exists():
+        archive = tmp_path / f"release-{commit}.tar"
+        subprocess.run(
+            ["git", "-C", str(REPO), "archive", "-o", str(archive), commit, "integrityd"],
+            check=True,
+        )
+        with tarfile.open(archive) as tar:
+            tar.extractall(old, filter="data")
+    return subprocess.run(
+        [sys.executable, "-m", "integrityd", *(os.fsdecode(str(a)) for a in args)],
+        env=dict(os.environ, PYTHONPATH=str(old)),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )

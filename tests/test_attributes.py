@@ -12,12 +12,8 @@ import contextlib
 import errno
 import fcntl
 import os
-import shutil
 import stat
 import struct
-import subprocess
-import sys
-import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +22,7 @@ import pytest
 
 from integrityd.attributes import acl_text, caps_text, flag_names, xattr_value
 
-from .conftest import Watcher, events, findings, integrityd
+from .conftest import Watcher, events, findings, has_commit, integrityd, integrityd_of
 
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="capabilities, trusted.* and chattr need root")
@@ -37,7 +33,6 @@ FS_IOC_GETFLAGS = 0x80086601
 FS_IOC_SETFLAGS = 0x40086602
 IMMUTABLE = 0x10
 UNDEFINED_ID = 0xFFFFFFFF
-REPO = Path(__file__).resolve().parent.parent
 SCHEMA_2_RELEASE = "bd1c827"
 """The last commit that wrote schema 2 manifests (before the attributes: schema 3)."""
 
@@ -97,6 +92,16 @@ def only(found: list[Any], path: Path) -> dict[str, Any]:
     return dict(found[0])
 
 
+def setxattr_or_skip(
+    path: Path, name: str, value: bytes, what: str, follow_symlinks: bool = True
+) -> None:
+    """os.setxattr, or skip the test where the filesystem cannot hold ``what``."""
+    try:
+        os.setxattr(path, name, value, follow_symlinks=follow_symlinks)
+    except OSError as e:
+        skip_unless_supported(e, what)
+
+
 def skip_unless_supported(e: OSError, what: str) -> None:
     if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOTTY, errno.EPERM):
         pytest.skip(f"the filesystem under {os.path.dirname(e.filename or '/')} has no {what}")
@@ -142,14 +147,11 @@ def test_an_acl_entry_is_reported_in_getfacl_form(tree: Path, manifest: Path) ->
     secret = tree / "secret"
     value = acl((0x01, 6, UNDEFINED_ID), (0x02, 4, 65534), (0x04, 4, UNDEFINED_ID),
                 (0x10, 4, UNDEFINED_ID), (0x20, 4, UNDEFINED_ID))  # fmt: skip
-
-    def change() -> None:
-        try:
-            os.setxattr(secret, "system.posix_acl_access", value)
-        except OSError as e:
-            skip_unless_supported(e, "POSIX ACLs")
-
-    code, found = checked(tree, manifest, change)
+    code, found = checked(
+        tree,
+        manifest,
+        lambda: setxattr_or_skip(secret, "system.posix_acl_access", value, "POSIX ACLs"),
+    )
     e = only(found, secret)
     assert (code, e["changes"]) == (4, ["acl"])
     assert e["file"]["acl"] == "u::rw-,u:65534:r--,g::r--,m::r--,o::r--"
@@ -253,14 +255,13 @@ def test_a_symlink_s_own_xattr_is_read_without_following_it(tree: Path, manifest
     """trusted.* on a symlink: read from the link itself, never from what it points to."""
     link = tree / "link"
     link.symlink_to(tree / "secret")
-
-    def change() -> None:
-        try:
-            os.setxattr(link, "trusted.mark", b"\x00\x01", follow_symlinks=False)
-        except OSError as e:
-            skip_unless_supported(e, "trusted xattrs on symlinks")
-
-    code, found = checked(tree, manifest, change)
+    code, found = checked(
+        tree,
+        manifest,
+        lambda: setxattr_or_skip(
+            link, "trusted.mark", b"\x00\x01", "trusted xattrs on symlinks", False
+        ),
+    )
     e = only(found, link)
     assert (code, e["changes"]) == (4, ["xattrs"])
     assert e["file"]["xattrs"] == {"trusted.mark": "0sAAE="}
@@ -271,14 +272,11 @@ def test_a_selinux_label_is_reported(tree: Path, manifest: Path) -> None:
     """A changed label is its own finding (written as a plain xattr where no LSM runs)."""
     secret = tree / "secret"
     label = b"system_u:object_r:shadow_t:s0\x00"
-
-    def change() -> None:
-        try:
-            os.setxattr(secret, "security.selinux", label)
-        except OSError as e:
-            skip_unless_supported(e, "security.selinux labels")
-
-    code, found = checked(tree, manifest, change)
+    code, found = checked(
+        tree,
+        manifest,
+        lambda: setxattr_or_skip(secret, "security.selinux", label, "SELinux labels"),
+    )
     e = only(found, secret)
     assert (code, e["changes"]) == (4, ["selinux"])
     assert e["file"]["selinux"] == "system_u:object_r:shadow_t:s0"
@@ -315,37 +313,15 @@ def test_decoders_show_what_the_tools_show() -> None:
     assert flag_names(-1) is None
 
 
-def _has_release() -> bool:
-    if shutil.which("git") is None:
-        return False
-    probe = ["git", "-C", str(REPO), "cat-file", "-e", f"{SCHEMA_2_RELEASE}^{{commit}}"]
-    return subprocess.run(probe, capture_output=True, check=False).returncode == 0
-
-
 @needs_root
-@pytest.mark.skipif(not _has_release(), reason="needs the git history (a full clone)")
+@pytest.mark.skipif(not has_commit(SCHEMA_2_RELEASE), reason="needs the git history (a full clone)")
 def test_a_manifest_from_the_previous_release_upgrades_without_spurious_findings(
     tree: Path, tmp_path: Path
 ) -> None:
     """Schema 2 knew none of these: not compared (one notice), then compared once accepted."""
-    old = tmp_path / "old"
-    archive = tmp_path / "old.tar"
-    subprocess.run(
-        ["git", "-C", str(REPO), "archive", "-o", str(archive), SCHEMA_2_RELEASE, "integrityd"],
-        check=True,
-    )
-    with tarfile.open(archive) as tar:
-        tar.extractall(old, filter="data")
     os.setxattr(tree / "app", "security.capability", caps_v2(CAP_NET_RAW))  # before: kept
     manifest = tmp_path / "m.db"
-    r = subprocess.run(
-        [sys.executable, "-m", "integrityd", "init", "-m", str(manifest), str(tree)],
-        env=dict(os.environ, PYTHONPATH=str(old)),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    r = integrityd_of(SCHEMA_2_RELEASE, tmp_path, "init", "-m", manifest, tree)
     assert r.returncode == 0, r.stderr
 
     r = integrityd("check", "--json", "-m", manifest)

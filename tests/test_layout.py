@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
-import subprocess
-import sys
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -15,9 +11,8 @@ import pytest
 from integrityd.manifest import SCHEMA_VERSION, BaselineReader, ManifestStore, row
 from integrityd.messages import RECORDED, FileState
 
-from .conftest import findings, integrityd
+from .conftest import findings, has_commit, integrityd, integrityd_of
 
-REPO = Path(__file__).resolve().parent.parent
 SCHEMA_1_RELEASE = "974e3f2"
 """The last commit that wrote schema 1 manifests (before a root of / moved: schema 2)."""
 
@@ -51,37 +46,15 @@ def test_a_state_written_reads_back_field_for_field(tmp_path: Path) -> None:
     assert children == {b"f": state.recorded()}
 
 
-def _has_release() -> bool:
-    if shutil.which("git") is None:
-        return False
-    probe = ["git", "-C", str(REPO), "cat-file", "-e", f"{SCHEMA_1_RELEASE}^{{commit}}"]
-    return subprocess.run(probe, capture_output=True, check=False).returncode == 0
-
-
-@pytest.mark.skipif(not _has_release(), reason="needs the git history (a full clone)")
+@pytest.mark.skipif(not has_commit(SCHEMA_1_RELEASE), reason="needs the git history (a full clone)")
 def test_a_manifest_the_previous_release_wrote_is_upgraded(tmp_path: Path) -> None:
     """The release before schema 2 baselines a tree; this one checks it, upgrading in place."""
-    old = tmp_path / "old"
-    archive = tmp_path / "old.tar"
-    subprocess.run(
-        ["git", "-C", str(REPO), "archive", "-o", str(archive), SCHEMA_1_RELEASE, "integrityd"],
-        check=True,
-    )
-    with tarfile.open(archive) as tar:
-        tar.extractall(old, filter="data")
     tree = tmp_path / "tree"
     (tree / "sub").mkdir(parents=True)
     (tree / "a.txt").write_text("a")
     (tree / "sub" / "b.txt").write_text("b")
     manifest = tmp_path / "m.db"
-    r = subprocess.run(
-        [sys.executable, "-m", "integrityd", "init", "-m", str(manifest), str(tree)],
-        env=dict(os.environ, PYTHONPATH=str(old)),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    r = integrityd_of(SCHEMA_1_RELEASE, tmp_path, "init", "-m", manifest, tree)
     assert r.returncode == 0, r.stderr
     with sqlite3.connect(manifest) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (1,)

@@ -105,6 +105,7 @@ def _audit(command: Command, args: argparse.Namespace, budget: Budget | None = N
         log=cfg.log,
         max_rate=getattr(args, "max_rate", None),
         idle=getattr(args, "idle_io", False),
+        io_depth=cfg.io_depth,
     )
     summary = audit.run(job, cfg, budget)
     if getattr(args, "summary_file", None):

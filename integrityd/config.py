@@ -126,6 +126,9 @@ class Config:
     # As fast as 1 MiB with the page-aligned buffer (64 KiB was slower), at a quarter of
     # the memory per worker: benchmarks/README.md.
     chunk_size: int = 256 << 10
+    # Threads per worker that read ahead of it (prefetch.py), so that cold storage has
+    # reads in flight; 0 turns them off. Measured: benchmarks/README.md.
+    io_depth: int = 4
     report: Literal["text", "json"] = "text"
     log: LogConfig = field(default_factory=LogConfig)
     watch: WatchConfig = field(default_factory=WatchConfig)
@@ -133,6 +136,9 @@ class Config:
     def __post_init__(self) -> None:
         if self.workers < 0:
             msg = f"must be 'auto' or >= 1, got {self.workers}"
+            raise ValueError(msg)
+        if not 0 <= self.io_depth <= 64:
+            msg = f"must be between 0 and 64, got {self.io_depth}"
             raise ValueError(msg)
         if not (1 << 12) <= self.chunk_size <= (1 << 28):
             msg = f"must be between 4KiB and 256MiB, got {self.chunk_size}"

@@ -193,6 +193,10 @@ class _Builder:
             with self.each():
                 size = self.size(m["chunk_size"], "chunk_size")
                 values["chunk_size"] = self.valid(m["chunk_size"], "chunk_size", size)
+        if "io_depth" in m:
+            with self.each():
+                depth = self.typed(m["io_depth"], "io_depth", int, "a number from 0 to 64")
+                values["io_depth"] = self.valid(m["io_depth"], "io_depth", depth)
         if "report" in m:
             with self.each():
                 report = self.typed(m["report"], "report", str, "text or json")

@@ -125,6 +125,7 @@ class Job:
     log: LogConfig = field(default_factory=LogConfig)
     max_rate: int | None = None  # bytes/s read by all workers together
     idle: bool = False  # idle I/O class and lowest CPU priority for the workers
+    io_depth: int = 0  # threads per worker reading ahead (prefetch.py); 0: none
 
     @property
     def policy(self) -> Policy:

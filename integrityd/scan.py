@@ -40,6 +40,7 @@ from integrityd.messages import (
     TaskResult,
 )
 from integrityd.paths import join, relative, split
+from integrityd.prefetch import Prefetcher, cold
 from integrityd.rules import NONE, Rules
 from integrityd.signals import ignore_stop_signals
 from integrityd.walk import Entry, Listing, list_dir
@@ -55,6 +56,7 @@ LARGE_FILE = 16 << 20  # hashed as a task of its own, so large files spread over
 HUGE_DIR = 2048  # a directory with more entries than this is read and compared in batches
 FILES_PER_TASK = 512  # a batch: handed to an idle worker, or compared here
 FLUSH_ENTRIES = 2048  # a huge directory's findings go to main this often, not at the end
+PREFETCH_MIN = 16  # regular files a directory needs before its files are read ahead
 # A recursive DirTask walks on into the subdirectories it finds until it has taken
 # TASK_BUDGET_S or compared TASK_BUDGET_ENTRIES entries, then hands back the directories
 # it did not get to as up to HAND_BACK tasks of at least HAND_BACK_DIRS directories each
@@ -133,6 +135,10 @@ class Scanner:
         self.budget_s = budget_s
         self.budget_entries = budget_entries
         self.hasher = Hasher(chunk_size, pace)
+        # Reading ahead: not where reads are paced (--max-rate, --idle-io), which it
+        # would bypass; a root limited to a few readers (a spinning disk) never uses it.
+        paced = pace is not None or job.idle
+        self.prefetch = Prefetcher(job.io_depth, chunk_size) if job.io_depth and not paced else None
         # The daemon runs for months while people accept changes: no long-lived snapshot.
         self.baseline = BaselineReader(job.manifest, snapshot=not self.watches)
         self.excluders = [Excluder(s.root.exclude) for s in job.scopes]
@@ -148,8 +154,10 @@ class Scanner:
         ]
 
     def close(self) -> None:
-        """Release the baseline reader."""
+        """Release the baseline reader and stop the threads reading ahead."""
         self.baseline.close()
+        if self.prefetch is not None:
+            self.prefetch.close()
 
     def run(self, task: Task) -> tuple[list[Task], TaskResult, int]:
         """Do one task; return the tasks it spawned, what it found and the directories walked.
@@ -306,11 +314,44 @@ class Scanner:
         found: _Found,
     ) -> list[FileTask]:
         """Compare ``entries`` of a directory; pop what they match from ``baseline``."""
-        directory, scope, fd, dir_stats, settled, inherited = ctx
+        scope, fd = ctx[1], ctx[2]
         spawned: list[FileTask] = []
+        prefetch = None
+        if (
+            self.prefetch is not None
+            and fd is not None
+            and len(entries) >= PREFETCH_MIN
+            and not self.limited[scope]
+        ):
+            # Only where it pays: enough entries, and the first file not in the page
+            # cache. Warm, the threads' wake-ups cost more than they could save.
+            first = next((name for name, _, hint in entries if hint == HINT_FILE), None)
+            if first is not None and cold(fd, first):
+                prefetch = self.prefetch
+                prefetch.ahead(fd, [name for name, _, hint in entries if hint == HINT_FILE])
+        try:
+            return self._each_entry(ctx, entries, baseline, found, spawned, prefetch)
+        finally:
+            if prefetch is not None:
+                prefetch.drain()  # before the directory's descriptor is closed
+
+    def _each_entry(  # noqa: PLR0917 - _each's state, passed on
+        self,
+        ctx: _Dir,
+        entries: list[Entry],
+        baseline: dict[bytes, tuple[object, ...]],
+        found: _Found,
+        spawned: list[FileTask],
+        prefetch: Prefetcher | None,
+    ) -> list[FileTask]:
+        directory, scope, fd, dir_stats, settled, inherited = ctx
         rules = self.rules[scope]
         root = self.job.scopes[scope].root.path
+        files = 0
         for name, path, hint in entries:
+            if prefetch is not None and hint == HINT_FILE:
+                prefetch.passed(files)
+                files += 1
             at = (fd, name) if fd is not None else None
             extra = self.extra[scope]
             # The walker's lstat() of a subdirectory serves unless its attributes are due.
@@ -398,10 +439,31 @@ class Scanner:
             self._removed(found, scope, FileState.from_recorded(path, recorded))
 
     def _files(self, task: FileTask, found: _Found) -> list[Task]:
+        # verify's batches of a cold backup store: read ahead as in a directory walk.
+        prefetch = None
+        paths = task.paths
+        if (
+            self.prefetch is not None
+            and len(paths) >= PREFETCH_MIN
+            and not self.limited[task.scope]
+            and cold(None, paths[0])
+        ):
+            prefetch = self.prefetch
+            prefetch.ahead(None, list(paths))
+        try:
+            self._each_file(task, found, prefetch)
+        finally:
+            if prefetch is not None:
+                prefetch.drain()
+        return []
+
+    def _each_file(self, task: FileTask, found: _Found, prefetch: Prefetcher | None) -> None:
         elsewhere: dict[bytes, bool] = {}
         settled: dict[bytes, int | None] = {}
         baseline = self.baseline.lookup_many(task.paths)
-        for path in task.paths:
+        for i, path in enumerate(task.paths):
+            if prefetch is not None:
+                prefetch.passed(i)
             parent, name = split(path)
             if path != self.job.scopes[task.scope].start:
                 if parent not in elsewhere:
@@ -426,7 +488,6 @@ class Scanner:
                 self._removed(found, task.scope, old)
             elif self.watches:
                 found.matched.append(path)  # absent, as in the baseline
-        return []
 
     def _compare(  # noqa: PLR0917 - the hot path: positional arguments are the cheapest
         self,

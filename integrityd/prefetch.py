@@ -1,0 +1,133 @@
+"""Reads in flight while a worker hashes: threads that ask the kernel to read ahead.
+
+A cold tree is read one file at a time by each worker: the disk sees as many reads as
+there are workers, and SSDs, NVMe, RAID and network storage deliver their speed only
+with many queued. So while a worker hashes a directory's files, ``depth`` threads open
+the files it will read next and ask the kernel to read their first chunk
+(``posix_fadvise(WILLNEED)``), then close them; the worker's own read then finds the
+data in the page cache. The threads never read data themselves, never open anything
+but the directory's regular files (``O_NOFOLLOW | O_NONBLOCK``: a FIFO swapped in is
+not waited for), and stop at what the worker has already read. ``drain`` waits for
+them before the directory's descriptor is closed, so that no thread opens a name
+relative to a descriptor number that was reused.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+
+_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+_NOATIME = getattr(os, "O_NOATIME", 0)
+_PROBE = [bytearray(1)]  # cold()'s one byte: what it reads is never looked at
+
+
+class Prefetcher:
+    """``depth`` threads reading ahead of one worker; ``close`` stops them."""
+
+    def __init__(self, depth: int, chunk: int) -> None:
+        self._chunk = chunk
+        self._cond = threading.Condition()
+        # (index, directory fd or None for absolute paths, name)
+        self._queue: deque[tuple[int, int | None, bytes]] = deque()
+        self._busy = 0
+        self._passed = -1  # the index of the last file the worker itself has opened
+        self._stopped = False
+        self._depth = depth
+        self._threads: list[threading.Thread] = []  # started on the first cold directory
+
+    def ahead(self, dir_fd: int | None, names: list[bytes]) -> None:
+        """Read these files of the open directory ``dir_fd`` ahead, in this order.
+
+        ``dir_fd`` None: ``names`` are absolute paths (verify's batches of the baseline).
+        The threads start at the first call: a warm run never has them.
+        """
+        if not self._threads:
+            self._threads = [
+                threading.Thread(target=self._run, name="prefetch", daemon=True)
+                for _ in range(self._depth)
+            ]
+            for t in self._threads:
+                t.start()
+        with self._cond:
+            self._passed = -1
+            self._queue.extend((i, dir_fd, name) for i, name in enumerate(names))
+            self._cond.notify_all()
+
+    def passed(self, index: int) -> None:
+        """The worker opened the ``index``-th file itself: reading it ahead is too late."""
+        self._passed = index  # one word, read by the threads without the lock
+
+    def wait(self) -> None:
+        """Wait until every file asked for has been read ahead (or found too late)."""
+        with self._cond:
+            while self._queue or self._busy:
+                self._cond.wait()
+
+    def drain(self) -> None:
+        """Drop what is left, and wait for the reads under way: the descriptor may close."""
+        with self._cond:
+            self._queue.clear()
+            while self._busy:
+                self._cond.wait()
+
+    def close(self) -> None:
+        """Stop the threads."""
+        with self._cond:
+            self._stopped = True
+            self._queue.clear()
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join(5)
+
+    def _run(self) -> None:
+        flags = _FLAGS | _NOATIME
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopped:
+                    self._cond.wait()
+                if self._stopped:
+                    return
+                index, dir_fd, name = self._queue.popleft()
+                if index <= self._passed:  # the worker is there already: too late
+                    if not self._queue and not self._busy:
+                        self._cond.notify_all()
+                    continue
+                self._busy += 1
+            try:
+                fd = os.open(name, flags, dir_fd=dir_fd)
+                try:
+                    os.posix_fadvise(fd, 0, self._chunk, os.POSIX_FADV_WILLNEED)
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                if e.errno == 1 and flags & _NOATIME:  # EPERM: not ours; O_NOATIME needs that
+                    flags = _FLAGS
+            finally:
+                with self._cond:
+                    self._busy -= 1
+                    if not self._busy:
+                        self._cond.notify_all()
+
+
+def cold(dir_fd: int | None, name: bytes) -> bool:
+    """Whether the first byte of file ``name`` is not in the page cache (a read would wait).
+
+    ``preadv2(RWF_NOWAIT)`` answers EAGAIN instead of waiting for the disk. Where it
+    cannot tell (an old kernel, a filesystem without it), the answer is False: reading
+    ahead is an optimisation, and a warm tree must not pay for it.
+    """
+    try:
+        fd = os.open(name, _FLAGS, dir_fd=dir_fd)
+    except OSError:
+        return False
+    try:
+        os.preadv(fd, _PROBE, 0, os.RWF_NOWAIT)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return False

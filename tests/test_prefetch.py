@@ -1,0 +1,88 @@
+"""Reading ahead on cold storage: the page cache fills before the worker reads.
+
+And nothing about a run's findings changes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from integrityd.prefetch import Prefetcher, cold
+
+from .conftest import findings, integrityd
+
+ROOT = os.geteuid() == 0
+
+
+def drop_caches() -> None:
+    """Write dirty pages out, then drop the clean ones: every file reads cold."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+@pytest.mark.skipif(not ROOT, reason="dropping the page cache needs root")
+def test_a_file_read_ahead_is_in_the_page_cache(tmp_path: Path) -> None:
+    """A dropped file reads as cold; after ahead() and wait() every one is in the cache."""
+    for i in range(32):
+        (tmp_path / f"f{i}").write_bytes(os.urandom(8192))
+    drop_caches()
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    prefetch = Prefetcher(4, 1 << 16)
+    try:
+        names = [f"f{i}".encode() for i in range(32)]
+        if not cold(fd, names[0]):
+            pytest.skip("this filesystem cannot tell a cold page (RWF_NOWAIT)")
+        prefetch.ahead(fd, names)
+        prefetch.wait()
+        assert [n for n in names if cold(fd, n)] == []
+    finally:
+        prefetch.close()
+        os.close(fd)
+
+
+def test_cold_says_false_for_a_warm_file_and_a_missing_one(tmp_path: Path) -> None:
+    """A file just written is in the cache; a name that is not there is not 'cold'."""
+    (tmp_path / "warm").write_bytes(b"x" * 100)
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert not cold(fd, b"warm")
+        assert not cold(fd, b"missing")
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.skipif(not ROOT, reason="dropping the page cache needs root")
+@pytest.mark.parametrize("depth", [0, 8])
+def test_a_cold_check_finds_the_same_with_or_without_reading_ahead(
+    tmp_path: Path, depth: int
+) -> None:
+    """Cold, with 64 files in a directory: the exact same findings and exit code."""
+    root = tmp_path / "root"
+    (root / "d").mkdir(parents=True)
+    for i in range(64):
+        (root / "d" / f"f{i:02d}").write_bytes(b"%d\n" % i * 100)
+    manifest = tmp_path / "m.db"
+    config = tmp_path / "c.yaml"
+    config.write_text(f"manifest: {manifest}\nio_depth: {depth}\nroots:\n  - path: {root}\n")
+    assert integrityd("init", "-c", config).returncode == 0
+    (root / "d" / "f07").write_bytes(b"changed\n")
+    (root / "d" / "f50").unlink()
+    drop_caches()
+    r = integrityd("check", "--json", "-c", config)
+    assert (r.returncode, sorted(findings(r))) == (
+        6,
+        [("modified", str(root / "d" / "f07")), ("removed", str(root / "d" / "f50"))],
+    )
+
+
+def test_io_depth_is_validated(tmp_path: Path) -> None:
+    """io_depth: a number from 0 to 64, named by file:line when it is not."""
+    config = tmp_path / "c.yaml"
+    config.write_text("io_depth: 65\n")
+    r = integrityd("config", "check", config)
+    assert r.returncode == 17
+    assert f"{config}:1: io_depth: must be between 0 and 64, got 65" in r.stderr

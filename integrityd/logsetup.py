@@ -12,6 +12,7 @@ there to receive them.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
@@ -39,6 +40,41 @@ def _clearing(render: Any) -> Any:  # noqa: ANN401 - a structlog processor
         return "\r\x1b[K" + str(render(logger, name, event))
 
     return processor
+
+
+# syslog priorities (sd-daemon(3)'s <N> prefixes) of structlog's level names
+_PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "exception": 3, "critical": 2}
+
+
+def _journal_priority(render: Any) -> Any:  # noqa: ANN401 - a structlog processor
+    """Start each line with its syslog priority, ``<4>`` for a warning, as journald reads.
+
+    Without it every line is stored at the stream's default priority (6, info), and
+    ``journalctl -p warning`` shows none of our warnings and errors.
+    """
+
+    def processor(logger: object, name: str, event: MutableMapping[str, Any]) -> str:
+        priority = _PRIORITY.get(str(event.get("level", "info")), 6)
+        return f"<{priority}>" + str(render(logger, name, event))
+
+    return processor
+
+
+def to_journal(out: TextIO) -> bool:
+    """Whether ``out`` is the journal's stream: systemd says so in ``JOURNAL_STREAM``.
+
+    It holds the device and inode of the stream it connected stderr to; a stderr
+    redirected since (by a shell, a pipe) is another file and gets no prefixes.
+    """
+    want = os.environ.get("JOURNAL_STREAM", "")
+    dev, _, ino = want.partition(":")
+    if not (dev.isdigit() and ino.isdigit()):
+        return False
+    try:
+        st = os.fstat(out.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (st.st_dev, st.st_ino) == (int(dev), int(ino))
 
 
 # structlog's (and the logging module's) numbers for the method names a logger has
@@ -77,6 +113,8 @@ def _apply() -> None:
     renderer: Any = _console if fmt == "console" else structlog.processors.JSONRenderer()
     if fmt == "console" and out.isatty():
         renderer = _clearing(renderer)
+    elif to_journal(out):
+        renderer = _journal_priority(renderer)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -695,8 +695,18 @@ _IOPRIO_IDLE = 3 << 13  # IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT
 
 
 def _be_idle() -> None:
-    """Lowest CPU priority and the idle I/O class: read only when the disk has nothing else."""
-    os.nice(19)
+    """Lowest CPU priority and the idle I/O class: read only when the disk has nothing else.
+
+    Either may be refused (a seccomp filter such as systemd's SystemCallFilter=~@resources
+    blocks nice()): that is a warning, and the worker goes on at the priority it has.
+    """
+    try:
+        os.nice(19)
+    except OSError as e:
+        log.warning(
+            "idle_priority_unavailable",
+            message=f"could not lower the CPU priority: {e.strerror}",
+        )
     number = _IOPRIO_SET.get(os.uname().machine)
     import ctypes  # noqa: PLC0415 - only for --idle
 

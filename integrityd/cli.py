@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import functools
 import itertools
 import json
 import os
@@ -410,7 +409,26 @@ def _start_forkserver() -> Callable[[], None]:
     finally:
         signal.signal(signal.SIGTERM, handler)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-    return functools.partial(shutil.rmtree, multiprocessing.util.get_temp_dir(), ignore_errors=True)
+    temp = multiprocessing.util.get_temp_dir()
+
+    def clean_up() -> None:
+        # Stop the process server and the resource tracker, and wait for them, before
+        # this process exits: left to stop on their own (they notice our exit), they
+        # were still there when systemd, seeing the main process gone, killed the rest
+        # of the unit. multiprocessing has no public call for this; these are the
+        # methods its own tests use (Python 3.11 to 3.13).
+        import multiprocessing.resource_tracker  # noqa: PLC0415
+
+        helpers: tuple[Any, ...] = (
+            multiprocessing.forkserver._forkserver,
+            multiprocessing.resource_tracker._resource_tracker,
+        )
+        for helper in helpers:
+            with contextlib.suppress(Exception):  # an exit path must not fail on this
+                helper._stop()
+        shutil.rmtree(temp, ignore_errors=True)
+
+    return clean_up
 
 
 def main(argv: Sequence[str] | None = None) -> int:

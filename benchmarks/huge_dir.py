@@ -22,19 +22,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-
-
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            tree.setdefault(ppid, []).append(int(name))
-    return tree
+sys.path.insert(0, str(HERE))
+import bench  # noqa: E402 - the sibling script: its process-tree walk
 
 
 def _rss_kib(pid: int) -> int:
@@ -54,12 +43,8 @@ def measured(cmd: list[str], env: dict[str, str]) -> tuple[int, float, float]:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     peak = 0
     while proc.poll() is None:
-        tree, todo, total = _children(), [proc.pid], 0
-        while todo:
-            pid = todo.pop()
-            total += _rss_kib(pid)
-            todo += tree.get(pid, [])
-        peak = max(peak, total)
+        pids = {proc.pid} | bench._descendants(proc.pid)
+        peak = max(peak, sum(_rss_kib(pid) for pid in pids))
         time.sleep(0.02)
     proc.communicate()
     return proc.returncode, time.monotonic() - start, peak / 1024

@@ -20,6 +20,7 @@ collector's input, which makes it roll back and exit.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import stat
@@ -56,6 +57,7 @@ def run(job: Job, cfg: Config, budget: Budget | None = None) -> Summary:
     # worker, uses the process server instead.
     ctx = multiprocessing.get_context("fork")
     handle = CollectorHandle(ctx, collector.run, job)
+    job = dataclasses.replace(job, statement=handle.ready.statement)
 
     def lost(task: Task, reason: str) -> None:
         handle.send(scan.lost_report(task, reason))

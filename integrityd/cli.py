@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from integrityd.config import Budget, Config
+    from integrityd.keys import PublicKey, SigningKey
     from integrityd.messages import FileState
     from integrityd.policy import Command
 
@@ -83,6 +84,31 @@ def _load(args: argparse.Namespace) -> Config:
     return cfg
 
 
+def _verify_key(args: argparse.Namespace, cfg: Config) -> PublicKey | None:
+    """The public key that checks the seal: --verify-key, else the config's."""
+    path = getattr(args, "verify_key", None) or cfg.signing.public_key
+    if path is None:
+        return None
+    from integrityd import keys  # noqa: PLC0415 - cryptography only when there is a key
+
+    return keys.load_public(path)
+
+
+def _sign_key(args: argparse.Namespace, cfg: Config) -> SigningKey | None:
+    """The private key that signs: --sign-key, else the config's; unlocked here."""
+    path = getattr(args, "sign_key", None) or cfg.signing.private_key
+    if path is None:
+        return None
+    from integrityd import keys  # noqa: PLC0415 - cryptography only when there is a key
+
+    return keys.load_private(path, getattr(args, "passphrase_file", None))
+
+
+def _min_seq(args: argparse.Namespace, cfg: Config) -> int:
+    given: int | None = getattr(args, "min_seq", None)
+    return cfg.signing.min_seq if given is None else given
+
+
 def _audit(command: Command, args: argparse.Namespace, budget: Budget | None = None) -> int:
     from integrityd import audit  # noqa: PLC0415 - see the module docstring
     from integrityd.manifest import journal_files  # noqa: PLC0415
@@ -94,6 +120,9 @@ def _audit(command: Command, args: argparse.Namespace, budget: Budget | None = N
     paths = [_abs(p) for p in args.paths]
     scopes = resolve_scopes(command, cfg, manifest, paths)
     json_out = args.json or (not sys.stdout.isatty() and cfg.report == "json")
+    from integrityd.policy import POLICIES  # noqa: PLC0415
+
+    writes = POLICIES[command].writes
     job = Job(
         command=command,
         manifest=manifest,
@@ -105,6 +134,10 @@ def _audit(command: Command, args: argparse.Namespace, budget: Budget | None = N
         max_rate=getattr(args, "max_rate", None),
         idle=getattr(args, "idle_io", False),
         io_depth=cfg.io_depth,
+        verify_key=None if writes else _verify_key(args, cfg),
+        sign_key=_sign_key(args, cfg) if writes else None,
+        min_seq=_min_seq(args, cfg),
+        argv=tuple(sys.argv[1:]),
     )
     summary = audit.run(job, cfg, budget)
     if getattr(args, "summary_file", None):
@@ -175,7 +208,14 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     json_out = args.json or not sys.stdout.isatty()
-    return daemon.run(args.config, cfg, _manifest(args, cfg), json_out)
+    return daemon.run(
+        args.config,
+        cfg,
+        _manifest(args, cfg),
+        json_out,
+        verify_key=args.verify_key,
+        min_seq=args.min_seq,
+    )
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -187,7 +227,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     base = _abs(args.relative_to) if args.relative_to else None
     exporter = Exporter(args.format, os.fsencode(os.getcwd()))
     out = sys.stdout.buffer
+    key = _verify_key(args, cfg)
     with ManifestStore.open(manifest, "read") as store, store.guard():
+        # Every entry, before the first line: a file for sha256sum -c must not be forged.
+        store.signature(key, _min_seq(args, cfg), everything=True)
         starts = [_abs(p) for p in args.paths] or (
             [base] if base else [r.path for r in store.roots()]
         )
@@ -206,7 +249,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from integrityd.config import RootConfig  # noqa: PLC0415 - see the module docstring
+    from integrityd import changelog  # noqa: PLC0415 - see the module docstring
+    from integrityd.config import RootConfig  # noqa: PLC0415
     from integrityd.errors import RootError  # noqa: PLC0415
     from integrityd.interop import baseline_rows, parse  # noqa: PLC0415
     from integrityd.manifest import ManifestStore  # noqa: PLC0415
@@ -222,10 +266,14 @@ def _cmd_import(args: argparse.Namespace) -> int:
     except OSError as e:
         raise UsageError(f"cannot read {args.file}: {e.strerror}") from e
     rows, missing = baseline_rows(root, parse(args.format, data, args.file))
+    sign_key = _sign_key(args, cfg)
     with ManifestStore.open(manifest, "create") as store, store.guard():
+        store.check_writer(sign_key, "import")
         store.delete([root])  # the file becomes the whole baseline below the root
         store.write(rows)
         store.put_root(RootConfig(path=root), os.lstat(root).st_dev)
+        counts = {"added": len(rows), "missing": len(missing)}
+        store.reseal(sign_key, changelog.entry("import", sys.argv[1:], [root], counts))
         store.commit()
     from integrityd.report import count  # noqa: PLC0415 - see the module docstring
 
@@ -235,6 +283,81 @@ def _cmd_import(args: argparse.Namespace) -> int:
         msg = f"{len(missing)} listed files were not found and are not in the baseline"
         _log().warning("import_incomplete", message=msg, first=os.fsdecode(missing[0]))
         return int(ExitCode.INCOMPLETE)
+    return 0
+
+
+def _cmd_key_new(args: argparse.Namespace) -> int:
+    from integrityd import keys  # noqa: PLC0415 - see the module docstring
+
+    if args.no_passphrase and args.passphrase_file:
+        raise UsageError("--no-passphrase and --passphrase-file exclude each other")
+    secret = None
+    if not args.no_passphrase:
+        secret = keys.passphrase(args.passphrase_file, confirm=True)
+        if secret is None:
+            msg = (
+                "no passphrase: there is no terminal to ask on; give --passphrase-file, set "
+                f"{keys.PASSPHRASE_ENV}, or --no-passphrase for a key without one"
+            )
+            raise UsageError(msg)
+    public = keys.new(args.private, args.public, secret)
+    protected = "protected by a passphrase" if secret is not None else "NOT protected"
+    print(f"key {public.id}: private key {args.private} ({protected}), public key {args.public}")
+    return 0
+
+
+def _cmd_key_change(args: argparse.Namespace) -> int:
+    from integrityd import changelog, keys  # noqa: PLC0415 - see the module docstring
+    from integrityd.manifest import ManifestStore  # noqa: PLC0415
+
+    cfg = _load(args)
+    manifest = _manifest(args, cfg)
+    old = keys.load_public(args.verify_key)
+    new = keys.load_private(args.sign_key, args.passphrase_file)
+    with ManifestStore.open(manifest, "write") as store, store.guard():
+        # The whole baseline, with the old key: the new one vouches only for what it held.
+        info = store.signature(old, everything=True)
+        entry = changelog.entry(
+            "key-change", sys.argv[1:], [], {}, old_key_id=old.id, new_key_id=new.public.id
+        )
+        signed = store.reseal(new, entry)
+        store.commit()
+    print(
+        f"{os.fsdecode(manifest)}: re-signed with key {new.public.id} (was {info.key_id}); "
+        f"change {signed.seq}. Give readers the new public key."
+    )
+    return 0
+
+
+def _cmd_log(args: argparse.Namespace) -> int:
+    from integrityd import changelog, seal  # noqa: PLC0415 - see the module docstring
+    from integrityd.errors import SignatureError  # noqa: PLC0415
+    from integrityd.manifest import ManifestStore  # noqa: PLC0415
+    from integrityd.report import Context  # noqa: PLC0415
+
+    cfg = _load(args)
+    manifest = _manifest(args, cfg)
+    key = _verify_key(args, cfg)
+    with ManifestStore.open(manifest, "read") as store, store.guard():
+        info = store.signature(key, _min_seq(args, cfg))  # with a key: chain and signature
+        raw = store.log_entries()
+        if key is None:  # without one the chain is still checked: a break is evidence
+            seal.check_chain_rows(raw, f"manifest {os.fsdecode(manifest)}")
+    entries = []
+    for seq, text, _ in reversed(raw):
+        try:
+            entries.append(json.loads(text))
+        except ValueError as e:
+            raise SignatureError(f"change log entry {seq} is not JSON") from e
+    if args.json:
+        host = dict(Context().host)
+        for one in entries:
+            print(json.dumps(changelog.ecs(one, host)))
+    else:
+        from integrityd.report import signature_text  # noqa: PLC0415
+
+        print(f"{os.fsdecode(manifest)}: {signature_text(info.event())}\n")
+        print(changelog.text(entries), end="")
     return 0
 
 
@@ -301,6 +424,10 @@ def _parser() -> argparse.ArgumentParser:
         )
         if progress:
             c.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+        if name in ("init", "accept"):
+            _writer_flags(c)
+        else:
+            _reader_flags(c)
         c.set_defaults(func=func)
         return c
 
@@ -338,6 +465,19 @@ def _parser() -> argparse.ArgumentParser:
         progress=False,
     )
 
+    _interop_parsers(sub)
+    _signing_parsers(sub)
+
+    cfg = sub.add_parser("config", help="work with config files")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    chk = cfg_sub.add_parser("check", help="validate a config file")
+    chk.add_argument("file", metavar="CONFIG")
+    chk.set_defaults(func=_cmd_config_check)
+    return p
+
+
+def _interop_parsers(sub: Any) -> None:  # noqa: ANN401 - argparse's subparsers action
+    """``export`` and ``import``."""
     exp = sub.add_parser(
         "export",
         help="write the baseline as a checksum file (sha256sum, bsd, hashdeep, mtree) to stdout",
@@ -348,6 +488,7 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--format", required=True, choices=["sha256sum", "bsd", "hashdeep", "mtree"])
     exp.add_argument("--relative-to", metavar="DIR", help="write names relative to DIR")
     exp.add_argument("paths", nargs="*", metavar="PATH", help="subtrees to export (default: all)")
+    _reader_flags(exp)
     exp.set_defaults(func=_cmd_export)
 
     imp = sub.add_parser(
@@ -363,14 +504,81 @@ def _parser() -> argparse.ArgumentParser:
         "--root", required=True, metavar="DIR", help="directory the names are relative to"
     )
     imp.add_argument("file", metavar="FILE", help="the checksum file")
+    _writer_flags(imp)
     imp.set_defaults(func=_cmd_import)
 
-    cfg = sub.add_parser("config", help="work with config files")
-    cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")
-    chk = cfg_sub.add_parser("check", help="validate a config file")
-    chk.add_argument("file", metavar="CONFIG")
-    chk.set_defaults(func=_cmd_config_check)
-    return p
+
+def _signing_parsers(sub: Any) -> None:  # noqa: ANN401 - argparse's subparsers action
+    """``key new``, ``key change`` and ``log``."""
+    key = sub.add_parser("key", help="make signing keys, or move a manifest to a new key")
+    key_sub = key.add_subparsers(dest="key_command", required=True, metavar="ACTION")
+    kn = key_sub.add_parser(
+        "new",
+        help="write a new Ed25519 key pair",
+        description="Write a new Ed25519 key pair: a PKCS#8 private key (0600, encrypted "
+        "with a passphrase unless --no-passphrase) and its public key.",
+    )
+    kn.add_argument("--private", required=True, metavar="FILE", help="private key file to create")
+    kn.add_argument("--public", required=True, metavar="FILE", help="public key file to create")
+    kn.add_argument("--passphrase-file", metavar="F", help="read the passphrase from F")
+    kn.add_argument(
+        "--no-passphrase", action="store_true", help="leave the private key unencrypted"
+    )
+    kn.set_defaults(func=_cmd_key_new)
+    kc = key_sub.add_parser(
+        "change",
+        help="re-sign a manifest with a new key (checked with the old public key first)",
+        description="Check the whole baseline with the OLD public key, then sign it with "
+        "the NEW private key; the change is an entry in the change log.",
+    )
+    kc.add_argument("-c", "--config", help="YAML config file")
+    kc.add_argument("-m", "--manifest", help="manifest file (default: see README)")
+    kc.add_argument("--verify-key", required=True, metavar="OLD", help="the old public key")
+    kc.add_argument("--sign-key", required=True, metavar="NEW", help="the new private key")
+    kc.add_argument("--passphrase-file", metavar="F", help="the new key's passphrase, from F")
+    kc.set_defaults(func=_cmd_key_change)
+
+    lg = sub.add_parser(
+        "log",
+        help="show the change log: every init, accept, import and key change",
+        description="Show the change log, newest first; with --verify-key, check its "
+        "chain and signature first.",
+    )
+    lg.add_argument("-c", "--config", help="YAML config file")
+    lg.add_argument("-m", "--manifest", help="manifest file (default: see README)")
+    lg.add_argument("--json", action="store_true", help="one ECS event per entry")
+    _reader_flags(lg)
+    lg.set_defaults(func=_cmd_log)
+
+
+def _reader_flags(c: argparse.ArgumentParser) -> None:
+    c.add_argument(
+        "--verify-key",
+        metavar="FILE",
+        help="public key: refuse a baseline it did not sign (exit 22)",
+    )
+    c.add_argument(
+        "--min-seq",
+        type=_natural,
+        metavar="N",
+        help="refuse a baseline older than change N of its log (a rollback; exit 22)",
+    )
+
+
+def _writer_flags(c: argparse.ArgumentParser) -> None:
+    c.add_argument("--sign-key", metavar="FILE", help="private key that signs the new baseline")
+    c.add_argument("--passphrase-file", metavar="F", help="the signing key's passphrase, from F")
+
+
+def _natural(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        msg = f"expected a number >= 0, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
 
 
 def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:

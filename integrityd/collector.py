@@ -8,6 +8,7 @@ sorted by path, to stdout.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -18,8 +19,9 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
+from typing import Any
 
-from integrityd import logsetup
+from integrityd import changelog, logsetup
 from integrityd.errors import ExitCode, Fatal, IntegritydError
 from integrityd.failures import failed
 from integrityd.manifest import BaselineReader, ManifestStore, guard
@@ -47,6 +49,7 @@ from integrityd.report import (
     summary_text,
     text_lines,
 )
+from integrityd.seal import Info
 from integrityd.signals import ignore_stop_signals
 
 log = logsetup.get_logger()
@@ -72,7 +75,11 @@ def run(data: Connection, ctl: Connection, job: Job) -> None:
                     message=f"manifest {os.fsdecode(job.manifest)} is read-only here: "
                     "verifying without recording which files were verified",
                 )
-            ctl.send(Ready())
+            with store.guard():
+                # Before Ready, so before any file is read: a baseline that does not
+                # hold is reported alone, with nothing compared and nothing written.
+                signature = _signature(store, job)
+            ctl.send(Ready(store.statement() if job.verify_key else None))
             with store.guard():
                 if job.policy.compares and not job.policy.writes:
                     _say_unrecorded(store)
@@ -80,6 +87,9 @@ def run(data: Connection, ctl: Connection, job: Job) -> None:
                 if not collector.receive(data):
                     return  # main went away: leave without committing anything
                 summary = collector.finish()
+                if job.policy.writes:
+                    signature = store.reseal(job.sign_key, _entry(job, summary, store))
+                summary = dataclasses.replace(summary, signature=signature.event())
             if os.getppid() != parent:
                 # Main died after it sent Finish: nobody will see the report, and a
                 # baseline nobody saw accepted must not be committed. Closing rolls back.
@@ -90,6 +100,42 @@ def run(data: Connection, ctl: Connection, job: Job) -> None:
         ctl.send(summary)
     except Exception as e:
         ctl.send(_failure(e))
+
+
+def _signature(store: ManifestStore, job: Job) -> Info:
+    """Check the seal as this command needs: a writer all of it, a reader its top.
+
+    A reader's workers check each directory as they read it (``BaselineReader``).
+    """
+    if job.policy.writes:
+        store.check_writer(job.sign_key, job.command)
+        return Info("unsigned")  # replaced by what reseal() signs
+    # verify goes by the baseline's entries, not the disk: an entry deleted from the
+    # baseline is a file it would never re-hash. Count each directory's entries first.
+    # A walk reads every directory, and checks each as it does: no need to count.
+    # The daemon checks every entry before READY: it starts once and runs for months.
+    starts = [s.start for s in job.scopes] if job.policy.verifies else []
+    info = store.signature(job.verify_key, job.min_seq, everything=job.policy.live, starts=starts)
+    if info.state == "unchecked":
+        log.warning(
+            "signature_not_checked",
+            message=f"manifest {os.fsdecode(job.manifest)} is signed by key {info.key_id}, "
+            "and no public key was given (--verify-key, or signing.public_key): its "
+            "signature was not checked",
+            key_id=info.key_id,
+        )
+    return info
+
+
+def _entry(job: Job, summary: Summary, store: ManifestStore) -> dict[str, Any]:
+    """The change log entry for this run."""
+    return changelog.entry(
+        job.policy.logged_as,
+        job.argv,
+        [s.start for s in job.scopes],
+        summary.counts,
+        store.accepted(changelog.ACCEPTED_LISTED) if job.policy.compares else None,
+    )
 
 
 def _say_unrecorded(store: ManifestStore) -> None:
@@ -251,14 +297,16 @@ class _Collector:
 def _watch(data: Connection, ctl: Connection, job: Job) -> None:
     """The daemon's collector: write each finding as it arrives, until Finish."""
     try:
-        with ManifestStore.open(job.manifest, "read") as store:
-            # A damaged or foreign manifest fails here, before the daemon says READY.
+        with ManifestStore.open(job.manifest, "read") as store, store.guard():
+            # A damaged, foreign or forged manifest fails here, before the daemon says READY.
+            _signature(store, job)
             _say_unrecorded(store)
+            statement = store.statement() if job.verify_key else None
         live = _Live(job)
     except IntegritydError as e:
         ctl.send(_failure(e))
         return
-    ctl.send(Ready())
+    ctl.send(Ready(statement))
     try:
         with guard(job.manifest):
             summary = live.receive(data, ctl)
@@ -355,7 +403,13 @@ class _Live:
     def __init__(self, job: Job) -> None:
         self.job = job
         self.ecs = Context()
-        self.reader = BaselineReader(job.manifest, snapshot=False)
+        self.reader = BaselineReader(
+            job.manifest,
+            snapshot=False,
+            key=job.verify_key,
+            min_seq=job.min_seq,
+            trusted=job.statement,
+        )
         self.reported = _Reported()
         self.counts: Counter[str] = Counter()
         self.files = 0
@@ -433,6 +487,7 @@ class _Live:
             counts=dict(self.counts),
             unverified=0,
             status=0,
+            signature=self.reader.signature().event(),
         )
         sys.stdout.write(
             json.dumps(summary_event(s, self.ecs)) + "\n" if self.job.json else summary_text(s)

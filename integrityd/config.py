@@ -100,6 +100,20 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SigningConfig:
+    """Key files for the seal (seal.py); the command line's flags override them."""
+
+    private_key: str | None = None  # signs: init, accept, import, key change
+    public_key: str | None = None  # checks: check, verify, watch, export, log
+    min_seq: int = 0  # refuse a baseline older than this change (a rollback)
+
+    def __post_init__(self) -> None:
+        if self.min_seq < 0:
+            msg = f"must be >= 0, got {self.min_seq}"
+            raise ValueError(msg)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class WatchConfig:
     """The daemon's timing; see the README's config reference."""
 
@@ -132,6 +146,7 @@ class Config:
     report: Literal["text", "json"] = "text"
     log: LogConfig = field(default_factory=LogConfig)
     watch: WatchConfig = field(default_factory=WatchConfig)
+    signing: SigningConfig = field(default_factory=SigningConfig)
 
     def __post_init__(self) -> None:
         if self.workers < 0:

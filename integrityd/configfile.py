@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from integrityd.config import Config, LogConfig, RootConfig, Rule, WatchConfig
+from integrityd.config import Config, LogConfig, RootConfig, Rule, SigningConfig, WatchConfig
 from integrityd.errors import ConfigError
 from integrityd.exclude import problem
 from integrityd.paths import covers, resolved_keeping_name
@@ -207,7 +207,29 @@ class _Builder:
         if "watch" in m:
             with self.each():
                 values["watch"] = self.watch(m["watch"])
+        if "signing" in m:
+            with self.each():
+                values["signing"] = self.signing(m["signing"])
         return Config(**values)
+
+    def signing(self, node: yaml.Node) -> SigningConfig:
+        m = self.mapping(node, "signing", {"private_key", "public_key", "min_seq"})
+        values: dict[str, Any] = {}
+        for name in ("private_key", "public_key"):
+            if name in m:
+                with self.each():
+                    key = f"signing.{name}"
+                    path = os.path.expanduser(self.typed(m[name], key, str, "a path"))
+                    if not os.path.isabs(path):
+                        raise self.error(m[name], key, f"must be an absolute path, got {path!r}")
+                    values[name] = path
+        if "min_seq" in m:
+            with self.each():
+                seq = self.typed(m["min_seq"], "signing.min_seq", int, "a number >= 0")
+                if seq < 0:
+                    raise self.error(m["min_seq"], "signing.min_seq", f"must be >= 0, got {seq}")
+                values["min_seq"] = seq
+        return SigningConfig(**values)
 
     def valid(self, node: yaml.Node, key: str, value: Any) -> Any:  # noqa: ANN401
         """``value`` if Config accepts it for ``key``; otherwise the error, at ``node``."""

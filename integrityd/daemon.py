@@ -35,13 +35,14 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import FrameType
+from typing import Any
 
 from integrityd import collector, config, configfile, logsetup, scan, schedule
 from integrityd.config import Config
 from integrityd.errors import IntegritydError, ManifestLocked, RootError
 from integrityd.eventloop import Loop
 from integrityd.heartbeat import TICK_S, Heartbeat
-from integrityd.manifest import journal_files
+from integrityd.manifest import ManifestStore, journal_files
 from integrityd.messages import DirTask, FileTask, Job, Scope
 from integrityd.notify import Notifier
 from integrityd.observer import Watches
@@ -127,7 +128,15 @@ def _resolve(cfg: Config, manifest: bytes) -> tuple[Scope, ...]:
     return scopes
 
 
-def run(config_path: str | None, cfg: Config, manifest: bytes, json_out: bool) -> int:
+def run(
+    config_path: str | None,
+    cfg: Config,
+    manifest: bytes,
+    json_out: bool,
+    *,
+    verify_key: str | None = None,
+    min_seq: int | None = None,
+) -> int:
     """Run the daemon until SIGTERM or SIGINT (exit code 0); raise what cannot go on.
 
     Every part exists before the daemon does, and each is undone on the way out in the
@@ -152,10 +161,12 @@ def run(config_path: str | None, cfg: Config, manifest: bytes, json_out: bool) -
             json=json_out,
             progress=False,
             log=cfg.log,
+            **_seal(cfg, verify_key, min_seq),
         )
         ctx = multiprocessing.get_context("forkserver")  # cli starts it early, with a preload
         handle = CollectorHandle(ctx, collector.run, job)
         stack.callback(handle.close)
+        job = dataclasses.replace(job, statement=handle.ready.statement)
         now = time.monotonic()
         heartbeat = Heartbeat(notifier, handle, now)
         pool = WorkerPool(
@@ -191,9 +202,31 @@ def run(config_path: str | None, cfg: Config, manifest: bytes, json_out: bool) -
             watches=watches,
             scheduler=scheduler,
             heartbeat=heartbeat,
+            seal_flags=(verify_key, min_seq),
         )
         code = daemon.run()
     return code
+
+
+def _seal(cfg: Config, verify_key: str | None, min_seq: int | None) -> dict[str, Any]:
+    """The Job's seal fields: the command line's, else the config's (read again on reload)."""
+    path = verify_key or cfg.signing.public_key
+    key = None
+    if path is not None:
+        from integrityd import keys  # noqa: PLC0415 - cryptography only when there is a key
+
+        key = keys.load_public(path)
+    return {"verify_key": key, "min_seq": cfg.signing.min_seq if min_seq is None else min_seq}
+
+
+def check_seal(job: Job, everything: bool = False) -> None:
+    """Check the manifest's seal as the daemon's job asks; SignatureError if it fails.
+
+    ``everything``: every entry (a reload); else the statement, the log and the
+    directory digests (a full scan, whose workers then check each directory they read).
+    """
+    with ManifestStore.open(job.manifest, "read") as store, store.guard():
+        store.signature(job.verify_key, job.min_seq, everything=everything)
 
 
 class Daemon:
@@ -213,8 +246,10 @@ class Daemon:
         watches: Watches,
         scheduler: ScanScheduler,
         heartbeat: Heartbeat,
+        seal_flags: tuple[str | None, int | None] = (None, None),
     ) -> None:
         self.config_path = config_path
+        self.seal_flags = seal_flags  # --verify-key and --min-seq: they outlive a reload
         self.cfg = cfg
         self.job = job
         self.active = frozenset(range(len(job.scopes)))  # removed scopes keep their numbers
@@ -228,6 +263,8 @@ class Daemon:
         self.scheduler = scheduler
         self.heartbeat = heartbeat
         self.notifier = heartbeat.notifier
+        # Every full scan checks the seal first; the workers check each directory they read.
+        scheduler.before_scan = lambda: check_seal(self.job)
 
     def run(self) -> int:
         """READY, the catch-up scan, the loop until a stop signal; then the collector's end."""
@@ -320,6 +357,7 @@ class Daemon:
         try:
             cfg = configfile.load(self.config_path) if self.config_path else config.Config()
             scopes = _resolve(cfg, self.job.manifest)
+            sealed = _seal(cfg, *self.seal_flags)
         except IntegritydError as e:
             log.error(
                 "reload_failed",
@@ -333,7 +371,9 @@ class Daemon:
             log.warning(
                 "reload_partial", message="these settings need a restart", keys=plan.restart_needed
             )
-        self.job = dataclasses.replace(self.job, scopes=plan.scopes, log=cfg.log)
+        job = dataclasses.replace(self.job, scopes=plan.scopes, log=cfg.log, **sealed)
+        check_seal(job, everything=True)  # a baseline that does not hold: exit 22
+        self.job = job
         logsetup.configure(cfg.log)  # here; the workers and the collector on the new Job
         log.debug("reconfigured", process="main", pid=os.getpid())
         self.cfg = plan.config

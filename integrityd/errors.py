@@ -12,6 +12,7 @@ the distinct exit code (16 and above) that ``cli.main`` returns for it::
     │   ├── ManifestCorrupt         18 damaged, not ours, or from a newer integrityd
     │   └── ManifestLocked          20 another writer holds it
     ├── RootError                   21 a root is missing or unusable
+    ├── SignatureError              22 the baseline's signature does not hold (seal.py)
     ├── WorkerDied                  19 hash workers kept dying
     ├── CollectorDied               19 the collector process ended unexpectedly
     └── Interrupted          130 / 143 SIGINT / SIGTERM; nothing was written
@@ -42,6 +43,7 @@ class Fatal(IntEnum):
     INTERNAL = 19
     LOCKED = 20
     ROOT = 21
+    SIGNATURE = 22
     SIGINT = 130
     SIGTERM = 143
 
@@ -110,6 +112,17 @@ class RootError(IntegritydError):
     """A root to scan does not exist or cannot be used."""
 
     exit_code = Fatal.ROOT
+
+
+class SignatureError(IntegritydError):
+    """The baseline is not what the key signed, or cannot be signed or checked.
+
+    Changed outside integrityd, unsigned where a public key is given, signed by another
+    key, older than the reader's minimum sequence number, or a signing key that cannot
+    be unlocked. Nothing is compared and nothing is written.
+    """
+
+    exit_code = Fatal.SIGNATURE
 
 
 class WorkerDied(IntegritydError):

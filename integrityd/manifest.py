@@ -13,6 +13,8 @@ read-only ``BaselineReader``, and only the differences travel on to the collecto
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import os
 import sqlite3
@@ -22,8 +24,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from typing import Any, Self
 
+from integrityd import seal
 from integrityd.config import DEFAULT_CHECK, RootConfig, Rule
-from integrityd.errors import ManifestCorrupt, ManifestError, ManifestLocked
+from integrityd.errors import ManifestCorrupt, ManifestError, ManifestLocked, SignatureError
+from integrityd.keys import PublicKey, SigningKey
 from integrityd.messages import RECORDED, FileState
 from integrityd.paths import join, split
 from integrityd.policy import Mode
@@ -37,7 +41,7 @@ sqlite3.register_adapter(bytes, bytes)
 sqlite3.register_adapter(type(None), lambda _: None)
 
 APPLICATION_ID = int.from_bytes(b"ITGD", "big")
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _ADDED_IN_3 = (
     ("nlink", "INTEGER"), ("rdev", "INTEGER"), ("flags", "INTEGER"), ("caps", "BLOB"),
     ("acl", "TEXT"), ("selinux", "TEXT"), ("xattrs", "TEXT"),
@@ -79,10 +83,18 @@ _MIGRATIONS: dict[int, tuple[Callable[[sqlite3.Connection], tuple[str, ...]], st
         "SELECT 1 FROM files WHERE parent = x'2f' AND name = x''",
     ),
     3: (_step_3, "SELECT 1 WHERE 0"),
+    # 4: the seal (seal.py): a digest per directory, and the change log.
+    4: (lambda _: (_DIRS, _LOG), "SELECT 1 WHERE 0"),
 }
 LOCK_TIMEOUT_S = 3.0
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _STATE = ", ".join(RECORDED)  # the recorded columns, in FileState's order
+_DIRS = """CREATE TABLE IF NOT EXISTS dirs (
+    parent BLOB PRIMARY KEY, digest BLOB NOT NULL, count INTEGER NOT NULL
+) WITHOUT ROWID"""
+_LOG = """CREATE TABLE IF NOT EXISTS log (
+    seq INTEGER PRIMARY KEY, entry TEXT NOT NULL, hash BLOB NOT NULL
+)"""
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -101,6 +113,8 @@ CREATE TABLE IF NOT EXISTS files (
     PRIMARY KEY (parent, name)
 ) WITHOUT ROWID;
 {_UNRECORDED_INDEX};
+{_DIRS};
+{_LOG};
 PRAGMA application_id = {APPLICATION_ID};
 PRAGMA user_version = {SCHEMA_VERSION};
 """
@@ -187,6 +201,9 @@ class ManifestStore:
         self.writable = writable
         self._conn = conn
         self._now = time.time_ns()
+        # What this run wrote and deleted: the directories whose digests change (seal.py).
+        self._touched: set[bytes] = set()
+        self._cleared: list[bytes] = []
 
     @classmethod
     def open(cls, path: bytes, mode: Mode) -> Self:
@@ -435,11 +452,152 @@ class ManifestStore:
             f"VALUES ({', '.join('?' * (2 + len(RECORDED)))}, {self._now})",
             rows,
         )
+        self._touched.update({bytes(r[0]) for r in rows})  # type: ignore[call-overload]
 
     def delete(self, paths: list[bytes]) -> None:
         """Drop entries and everything below them from the baseline (at commit)."""
         for path in paths:
             self._conn.execute(f"DELETE FROM files WHERE {_SUBTREE}", _subtree(path))
+            self._touched.add(split(path)[0])
+            self._cleared.append(path)
+
+    # -- the seal (seal.py) --------------------------------------------------------------
+
+    def signature(
+        self,
+        key: PublicKey | None,
+        min_seq: int = 0,
+        everything: bool = False,
+        starts: Sequence[bytes] = (),
+    ) -> seal.Info:
+        """The baseline's signature, checked with ``key`` if there is one.
+
+        Checks the statement, the log chain, the baseline digest and how many entries
+        each directory below ``starts`` holds; the entries themselves are checked by
+        whoever reads them (``BaselineReader``), or here, with ``everything``. Without
+        a key only ``min_seq`` is checked: a reader learns the state, never a verdict.
+        """
+        name = os.fsdecode(self.path)
+        if key is not None:
+            checker = seal.Checker(self._conn, key, name, min_seq)
+            if everything:
+                checker.everything()
+            else:
+                checker.top(chain_too=True)
+                checker.counts(starts)
+            return checker.info()
+        info = seal.describe(self._conn)
+        if info.seq < min_seq:
+            msg = (
+                f"manifest {name} is at change {info.seq}, older than the minimum {min_seq}: "
+                "an older baseline was put back"
+            )
+            raise SignatureError(msg)
+        return info
+
+    def check_writer(self, key: SigningKey | None, command: str) -> None:
+        """Refuse to change a signed baseline without its key, or one that does not hold.
+
+        A writer checks every directory, not only those it will read: signing again
+        would otherwise vouch for an entry changed elsewhere meanwhile.
+        """
+        name = os.fsdecode(self.path)
+        statement = seal.is_signed(self._conn)
+        if statement is None:
+            return
+        if key is None:
+            msg = (
+                f"manifest {name} is signed by key {statement.key_id}: {command} needs that "
+                "key's private half (--sign-key, or signing.private_key); nothing was changed"
+            )
+            raise SignatureError(msg)
+        if key.public.id != statement.key_id:
+            msg = (
+                f"manifest {name} is signed by key {statement.key_id}, not by the given key "
+                f"{key.public.id}; to move to a new key run 'integrityd key change'"
+            )
+            raise SignatureError(msg)
+        seal.Checker(self._conn, key.public, name, 0).everything()
+
+    def reseal(self, key: SigningKey | None, entry: dict[str, Any]) -> seal.Info:
+        """Bring the directory digests up to date, log ``entry`` and sign (with ``key``).
+
+        Part of the writer's transaction: the new baseline, its log entry and its
+        signature are committed together or not at all.
+        """
+        c = self._conn
+        digest = None if key is None else self._update_dirs()
+        self._touched.clear()
+        self._cleared.clear()
+        seq, prev = seal.log_head(c)
+        at = seal.now_iso()
+        fields = {
+            **entry,
+            "seq": seq + 1,
+            "prev": prev.hex(),
+            "time": at,
+            "baseline_sha256": digest,
+            "key_id": key.public.id if key is not None else None,
+        }
+        text = json.dumps(fields, sort_keys=True)
+        head = seal.chain(prev, text)
+        c.execute("INSERT INTO log VALUES (?, ?, ?)", (seq + 1, text, head))
+        if key is None or digest is None:
+            # Unsigned: nobody would check the directory digests, so none are kept (they
+            # cost a sixth of an init); the next signing computes them all.
+            stale = (seal.STATEMENT, seal.SIGNATURE, seal.DIRS_KEPT)
+            c.execute("DELETE FROM meta WHERE key IN (?, ?, ?)", stale)
+            return seal.Info("unsigned", None, seq + 1, None)
+        statement = seal.Statement(
+            key_id=key.public.id,
+            seq=seq + 1,
+            log_head=head.hex(),
+            baseline_sha256=digest,
+            entries=int(c.execute("SELECT coalesce(sum(count), 0) FROM dirs").fetchone()[0]),
+            signed_at=at,
+        )
+        text = statement.text()
+        signature = base64.b64encode(key.sign(text.encode())).decode()
+        c.executemany(
+            "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+            [(seal.STATEMENT, text), (seal.SIGNATURE, signature)],
+        )
+        return seal.Info("valid", key.public.id, seq + 1, digest, at)
+
+    def statement(self) -> str | None:
+        """The seal's statement as stored (checked or not)."""
+        return seal.statement_text(self._conn)
+
+    def _update_dirs(self) -> str:
+        """Bring the directory digests up to date; return the baseline digest (hex)."""
+        c = self._conn
+        kept = c.execute("SELECT 1 FROM meta WHERE key = ?", (seal.DIRS_KEPT,)).fetchone()
+        if kept is None or seal.is_signed(c) is None:
+            # Not kept (unsigned until now, or an older schema): from every row.
+            c.execute("DELETE FROM dirs")
+            c.executemany("INSERT INTO dirs VALUES (?, ?, ?)", list(seal.computed_dirs(c)))
+            c.execute("INSERT OR REPLACE INTO meta VALUES (?, '1')", (seal.DIRS_KEPT,))
+        else:
+            for path in self._cleared:
+                c.execute(f"DELETE FROM dirs WHERE {_BELOW}", _below(path))
+            sql = f"SELECT {seal.COLUMNS} FROM files WHERE parent = ? ORDER BY name"
+            for parent in sorted(self._touched):
+                rows = c.execute(sql, (parent,)).fetchall()
+                if rows:
+                    put = (parent, seal.dir_digest(rows), len(rows))
+                    c.execute("INSERT OR REPLACE INTO dirs VALUES (?, ?, ?)", put)
+                else:
+                    c.execute("DELETE FROM dirs WHERE parent = ?", (parent,))
+        return seal.baseline_digest(seal.roots_rows(c), seal.dirs_rows(c)).hex()
+
+    def log_entries(self) -> list[tuple[int, str, bytes]]:
+        """The change log, oldest first."""
+        return list(seal.log_rows(self._conn))
+
+    def accepted(self, limit: int) -> list[tuple[bytes, str]]:
+        """(path, event JSON) of the first ``limit`` findings: what this run accepted."""
+        sql = "SELECT path, data FROM temp.findings ORDER BY path, rowid LIMIT ?"
+        return self._conn.execute(sql, (limit,)).fetchall()
 
     def entries(self, start: bytes) -> Iterator[FileState]:
         """The baseline entry for ``start`` and every entry below it."""
@@ -488,53 +646,117 @@ def _percent_encoded(path: bytes) -> str:
 
 
 class BaselineReader:
-    """Read-only access to the committed baseline, for the hash workers."""
+    """Read-only access to the committed baseline, for the hash workers.
 
-    def __init__(self, path: bytes, snapshot: bool = True) -> None:
+    With a public ``key``, every entry handed out is first checked against the seal
+    (seal.py): a directory's rows against its digest, once per snapshot, and the
+    snapshot's statement and baseline digest once. Without a snapshot (the daemon),
+    each checked read is a short transaction of its own, so that the check and the
+    read see the same commit.
+    """
+
+    def __init__(
+        self,
+        path: bytes,
+        snapshot: bool = True,
+        key: PublicKey | None = None,
+        min_seq: int = 0,
+        trusted: str | None = None,
+    ) -> None:
         self._conn = connect_read(path)
+        self._snapshot = snapshot
+        self._check = (
+            None
+            if key is None
+            else seal.Checker(self._conn, key, os.fsdecode(path), min_seq, trusted)
+        )
         if snapshot:
             with guard(path):
                 self._conn.execute("BEGIN")  # one snapshot for the whole run
+                if self._check is not None:
+                    self._check.fresh()
 
     def close(self) -> None:
         """Close the connection."""
         self._conn.close()
+
+    @contextlib.contextmanager
+    def _checked(self) -> Iterator[seal.Checker]:
+        """The checker, within a transaction (the run's snapshot, or one of its own)."""
+        assert self._check is not None
+        if self._snapshot:
+            yield self._check
+            return
+        self._conn.execute("BEGIN")
+        try:
+            self._conn.execute("SELECT 1 FROM meta LIMIT 1").fetchall()  # the snapshot starts
+            yield self._check
+        finally:
+            self._conn.execute("COMMIT")
+
+    def signature(self) -> seal.Info:
+        """The signature as this reader sees it now: checked if it has a key."""
+        if self._check is None:
+            return seal.describe(self._conn)
+        with self._checked() as check:
+            return check.info()
 
     def children(self, directory: bytes) -> dict[bytes, tuple[Any, ...]]:
         """The recorded fields of every baseline entry directly in ``directory``, by name."""
         sql = f"SELECT name, {_STATE} FROM files WHERE parent = ?"
         # row[1:]: this query's own row, the name and then the recorded fields (a tuple,
         # as recorded() is: star-unpacking would give a list, never equal to it).
-        return {row[0]: row[1:] for row in self._conn.execute(sql, (directory,))}
+        if self._check is None:
+            return {row[0]: row[1:] for row in self._conn.execute(sql, (directory,))}
+        with self._checked() as check:
+            rows = self._conn.execute(sql + " ORDER BY name", (directory,)).fetchall()
+            check.entries(directory, rows)
+        return {row[0]: row[1:] for row in rows}
 
     def children_named(
         self, directory: bytes, names: Sequence[bytes]
     ) -> dict[bytes, tuple[Any, ...]]:
         """``children`` for these names only: a huge directory, a batch at a time."""
-        found: dict[bytes, tuple[Any, ...]] = {}
-        for i in range(0, len(names), _IN_LIMIT):
-            chunk = names[i : i + _IN_LIMIT]
-            sql = (
-                f"SELECT name, {_STATE} FROM files "
-                f"WHERE parent = ? AND name IN ({', '.join('?' * len(chunk))})"
-            )
-            found.update((row[0], row[1:]) for row in self._conn.execute(sql, (directory, *chunk)))
+        with self._checked() if self._check else contextlib.nullcontext() as check:
+            if check is not None:
+                check.directory(directory)
+            found: dict[bytes, tuple[Any, ...]] = {}
+            for i in range(0, len(names), _IN_LIMIT):
+                chunk = names[i : i + _IN_LIMIT]
+                sql = (
+                    f"SELECT name, {_STATE} FROM files "
+                    f"WHERE parent = ? AND name IN ({', '.join('?' * len(chunk))})"
+                )
+                found.update(
+                    (row[0], row[1:]) for row in self._conn.execute(sql, (directory, *chunk))
+                )
         return found
 
     def count_children(self, directory: bytes) -> int:
         """How many baseline entries ``directory`` holds directly."""
         sql = "SELECT count(*) FROM files WHERE parent = ?"
-        return int(self._conn.execute(sql, (directory,)).fetchone()[0])
+        with self._checked() if self._check else contextlib.nullcontext() as check:
+            if check is not None:
+                check.directory(directory)
+            return int(self._conn.execute(sql, (directory,)).fetchone()[0])
 
     def each_child(self, directory: bytes) -> Iterator[tuple[bytes, tuple[Any, ...]]]:
         """(name, recorded fields) of ``directory``'s entries, one row at a time."""
         sql = f"SELECT name, {_STATE} FROM files WHERE parent = ? ORDER BY name"
-        for row in self._conn.execute(sql, (directory,)):
-            yield row[0], row[1:]
+        with self._checked() if self._check else contextlib.nullcontext() as check:
+            if check is not None:
+                check.directory(directory)
+            for row in self._conn.execute(sql, (directory,)):
+                yield row[0], row[1:]
 
     def below(self, directory: bytes) -> Iterator[FileState]:
         """Every baseline entry below ``directory``, in path order."""
-        return _states(self._conn, _BELOW, _below(directory))
+        with self._checked() if self._check else contextlib.nullcontext() as check:
+            if check is not None:
+                sql = f"SELECT DISTINCT parent FROM files WHERE {_BELOW}"
+                parents = [bytes(p) for (p,) in self._conn.execute(sql, _below(directory))]
+                check.below(directory, parents)
+            yield from _states(self._conn, _BELOW, _below(directory))
 
     def lookup_many(self, paths: Sequence[bytes]) -> dict[bytes, FileState]:
         """The baseline entries of ``paths`` (those that have one), by path.
@@ -547,21 +769,28 @@ class BaselineReader:
             parent, name = split(path)
             by_parent.setdefault(parent, []).append(name)
         found: dict[bytes, FileState] = {}
-        for parent, names in by_parent.items():
-            for i in range(0, len(names), _IN_LIMIT):
-                chunk = names[i : i + _IN_LIMIT]
-                sql = (
-                    f"SELECT name, {_STATE} FROM files "
-                    f"WHERE parent = ? AND name IN ({', '.join('?' * len(chunk))})"
-                )
-                for name, *recorded in self._conn.execute(sql, (parent, *chunk)):
-                    path = join(parent, name)
-                    found[path] = FileState.from_recorded(path, recorded)
+        with self._checked() if self._check else contextlib.nullcontext() as check:
+            for parent, names in by_parent.items():
+                if check is not None:
+                    check.directory(parent)
+                for i in range(0, len(names), _IN_LIMIT):
+                    chunk = names[i : i + _IN_LIMIT]
+                    sql = (
+                        f"SELECT name, {_STATE} FROM files "
+                        f"WHERE parent = ? AND name IN ({', '.join('?' * len(chunk))})"
+                    )
+                    for name, *recorded in self._conn.execute(sql, (parent, *chunk)):
+                        path = join(parent, name)
+                        found[path] = FileState.from_recorded(path, recorded)
         return found
 
     def lookup(self, path: bytes) -> FileState | None:
         """The baseline entry for one path."""
-        return self.lookup_in(self._conn, path)
+        if self._check is None:
+            return self.lookup_in(self._conn, path)
+        with self._checked() as check:
+            check.directory(split(path)[0])
+            return self.lookup_in(self._conn, path)
 
     @staticmethod
     def lookup_in(conn: sqlite3.Connection, path: bytes) -> FileState | None:

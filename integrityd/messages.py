@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, Protocol, cast
 
 from integrityd.config import LogConfig, RootConfig
+from integrityd.keys import PublicKey, SigningKey
 from integrityd.policy import POLICIES, Command, Policy
 
 Action = Literal[
@@ -126,6 +127,12 @@ class Job:
     max_rate: int | None = None  # bytes/s read by all workers together
     idle: bool = False  # idle I/O class and lowest CPU priority for the workers
     io_depth: int = 0  # threads per worker reading ahead (prefetch.py); 0: none
+    # The seal (seal.py): readers check with verify_key; writers sign with sign_key.
+    verify_key: PublicKey | None = None
+    sign_key: SigningKey | None = None
+    min_seq: int = 0  # refuse a baseline whose change log is older (a rollback)
+    statement: str | None = None  # the seal statement the collector checked (Ready)
+    argv: tuple[str, ...] = ()  # the command line, for the change log
 
     @property
     def policy(self) -> Policy:
@@ -181,7 +188,14 @@ class Finish:
 
 @dataclass(frozen=True, slots=True)
 class Ready:
-    """The collector holds the manifest (and, for writers, its lock)."""
+    """The collector holds the manifest (and, for writers, its lock).
+
+    ``statement``: the seal's statement whose signature the collector checked, so that
+    the workers, finding the same text in their own snapshots, need not check it again
+    (nor import cryptography to do so).
+    """
+
+    statement: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +219,7 @@ class Summary:
     unverified: int
     status: int
     verification: dict[str, float] | None = None  # verify: coverage and age of the oldest
+    signature: dict[str, object] | None = None  # seal.Info.event(): state, key, seq, digest
 
 
 @dataclass(frozen=True, slots=True)

@@ -357,7 +357,7 @@ class CollectorHandle:
         data_child.close()
         ctl_child.close()
         self.guard: tuple[Any, ...] = (self._ctl, self._proc.sentinel)
-        self._expect(Ready)
+        self.ready: Ready = self._expect(Ready)
 
     def _expect(self, kind: type) -> Any:  # noqa: ANN401 - one of the collector's replies
         try:

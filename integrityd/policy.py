@@ -41,6 +41,7 @@ class Policy:
     # A writer that accepts only these findings (and writes nothing else: no new file, no
     # removal); None: all of them.
     accepts: frozenset[str] | None = None
+    logged_as: str = ""  # a writer's action in the change log (changelog.py)
 
 
 _ALL = ExitCode.ADDED | ExitCode.REMOVED | ExitCode.CHANGED | ExitCode.INCOMPLETE
@@ -53,6 +54,7 @@ POLICIES: dict[Command, Policy] = {
             command="init", manifest="create", needs_baseline=False, writes=True,
             compares=False, verifies=False, walks=True, live=False, checks_device=False,
             counts_total=False, verb="baselining", ending="", exit_bits=_INCOMPLETE,
+            logged_as="init",
         ),
         Policy(
             command="check", manifest="read", needs_baseline=True, writes=False,
@@ -63,12 +65,13 @@ POLICIES: dict[Command, Policy] = {
             command="accept", manifest="write", needs_baseline=True, writes=True,
             compares=True, verifies=False, walks=True, live=False, checks_device=False,
             counts_total=True, verb="re-hashing", ending="accepted", exit_bits=_INCOMPLETE,
+            logged_as="accept",
         ),
         Policy(
             command="accept-grown", manifest="write", needs_baseline=True, writes=True,
             compares=True, verifies=False, walks=True, live=False, checks_device=False,
             counts_total=True, verb="re-hashing", ending="accepted", exit_bits=_INCOMPLETE,
-            accepts=frozenset({"grown", "rotated"}),
+            accepts=frozenset({"grown", "rotated"}), logged_as="accept",
         ),
         Policy(
             command="verify", manifest="progress", needs_baseline=True, writes=False,

@@ -266,6 +266,7 @@ def summary_event(s: Summary, ctx: Context | None = None) -> dict[str, Any]:
             **({"restored": s.counts.get("restored", 0)} if POLICIES[s.command].live else {}),
             **(s.verification or {}),
         },
+        **({"signature": s.signature} if s.signature is not None else {}),
     }
 
 
@@ -377,7 +378,19 @@ def summary_text(s: Summary) -> str:
             f"  verified {s.files:,} of {int(v['total_files']):,} files ({v['coverage']:.1%}); "
             f"least recently verified file: {v['oldest_verified_age_s'] / 3600:.1f} h ago"
         )
+    if s.signature is not None:
+        tail.append(f"  {signature_text(s.signature)}")
     return "\n".join(tail) + "\n"
+
+
+def signature_text(sig: dict[str, object]) -> str:
+    """One line on the baseline's signature, for the text report."""
+    seq = f"change {sig['seq']}"
+    if sig["state"] == "valid":
+        return f"signature: valid, key {sig['key_id']}, {seq}, signed {sig['signed_at']}"
+    if sig["state"] == "unchecked":
+        return f"signature: not checked (no public key given), key {sig['key_id']}, {seq}"
+    return f"signature: none (unsigned baseline), {seq}"
 
 
 class Progress:

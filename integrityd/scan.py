@@ -140,7 +140,15 @@ class Scanner:
         paced = pace is not None or job.idle
         self.prefetch = Prefetcher(job.io_depth, chunk_size) if job.io_depth and not paced else None
         # The daemon runs for months while people accept changes: no long-lived snapshot.
-        self.baseline = BaselineReader(job.manifest, snapshot=not self.watches)
+        # A reader checks what it reads against the seal; a writer's collector checked
+        # all of it, and its lock keeps it so until the run ends.
+        self.baseline = BaselineReader(
+            job.manifest,
+            snapshot=not self.watches,
+            key=None if self.writes else job.verify_key,
+            min_seq=job.min_seq,
+            trusted=job.statement,
+        )
         self.excluders = [Excluder(s.root.exclude) for s in job.scopes]
         self.rules = [Rules(s.root) for s in job.scopes]
         self.extra = [bool(r.every & EXTENDED) for r in self.rules]  # attributes.py's too

@@ -11,7 +11,7 @@ live changes handled meanwhile were part of it, which costs nothing in correctne
 from __future__ import annotations
 
 import os
-from collections.abc import Set
+from collections.abc import Callable, Set
 from dataclasses import dataclass
 
 from integrityd import logsetup
@@ -53,6 +53,7 @@ class ScanScheduler:
         self._current: _Scan | None = None
         self._wanted: dict[int, str] = {}  # scope -> the first reason asked for it
         self._last = now
+        self.before_scan: Callable[[], None] = lambda: None  # raises to refuse the scan
 
     @property
     def reason(self) -> str | None:
@@ -90,6 +91,7 @@ class ScanScheduler:
         which = set(which) & set(active)
         if not which:
             return
+        self.before_scan()
         self._last = now
         self._current = _Scan(reason, now, self._pool.walked)
         roots = []

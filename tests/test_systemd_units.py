@@ -18,10 +18,12 @@ def unit(name: str) -> configparser.RawConfigParser:
 
 
 def test_the_daemon_is_not_restarted_for_what_a_restart_cannot_fix() -> None:
-    """Usage, config, manifest, lock and root errors end in 'failed', not a restart loop."""
+    """Usage, config, manifest, lock, root and signature errors end in 'failed', not a loop."""
     service = unit("integrityd.service")
     prevent = {int(code) for code in service["Service"]["RestartPreventExitStatus"].split()}
-    assert prevent == {Fatal.USAGE, Fatal.CONFIG, Fatal.MANIFEST, Fatal.LOCKED, Fatal.ROOT}
+    assert prevent == {
+        Fatal.USAGE, Fatal.CONFIG, Fatal.MANIFEST, Fatal.LOCKED, Fatal.ROOT, Fatal.SIGNATURE
+    }  # fmt: skip
     assert Fatal.INTERNAL not in prevent  # a bug may be passing: restarted
     assert service["Service"]["Restart"] == "on-failure"
     assert int(service["Unit"]["StartLimitBurst"]) >= 1

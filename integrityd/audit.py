@@ -57,7 +57,7 @@ def run(job: Job, cfg: Config, budget: Budget | None = None) -> Summary:
     # worker, uses the process server instead.
     ctx = multiprocessing.get_context("fork")
     handle = CollectorHandle(ctx, collector.run, job)
-    job = dataclasses.replace(job, statement=handle.ready.statement)
+    job = dataclasses.replace(job, trusted=handle.ready.trusted)
 
     def lost(task: Task, reason: str) -> None:
         handle.send(scan.lost_report(task, reason))

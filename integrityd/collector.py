@@ -79,7 +79,7 @@ def run(data: Connection, ctl: Connection, job: Job) -> None:
                 # Before Ready, so before any file is read: a baseline that does not
                 # hold is reported alone, with nothing compared and nothing written.
                 signature = _signature(store, job)
-            ctl.send(Ready(store.statement() if job.verify_key else None))
+            ctl.send(Ready(store.trusted()))
             with store.guard():
                 if job.policy.compares and not job.policy.writes:
                     _say_unrecorded(store)
@@ -301,12 +301,12 @@ def _watch(data: Connection, ctl: Connection, job: Job) -> None:
             # A damaged, foreign or forged manifest fails here, before the daemon says READY.
             _signature(store, job)
             _say_unrecorded(store)
-            statement = store.statement() if job.verify_key else None
+            trusted = store.trusted(with_dirs=False)
         live = _Live(job)
     except IntegritydError as e:
         ctl.send(_failure(e))
         return
-    ctl.send(Ready(statement))
+    ctl.send(Ready(trusted))
     try:
         with guard(job.manifest):
             summary = live.receive(data, ctl)
@@ -408,7 +408,7 @@ class _Live:
             snapshot=False,
             key=job.verify_key,
             min_seq=job.min_seq,
-            trusted=job.statement,
+            trusted=job.trusted,
         )
         self.reported = _Reported()
         self.counts: Counter[str] = Counter()

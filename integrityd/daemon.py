@@ -166,7 +166,7 @@ def run(
         ctx = multiprocessing.get_context("forkserver")  # cli starts it early, with a preload
         handle = CollectorHandle(ctx, collector.run, job)
         stack.callback(handle.close)
-        job = dataclasses.replace(job, statement=handle.ready.statement)
+        job = dataclasses.replace(job, trusted=handle.ready.trusted)
         now = time.monotonic()
         heartbeat = Heartbeat(notifier, handle, now)
         pool = WorkerPool(

@@ -204,6 +204,7 @@ class ManifestStore:
         # What this run wrote and deleted: the directories whose digests change (seal.py).
         self._touched: set[bytes] = set()
         self._cleared: list[bytes] = []
+        self._checker: seal.Checker | None = None  # the last signature() with a key
 
     @classmethod
     def open(cls, path: bytes, mode: Mode) -> Self:
@@ -480,6 +481,7 @@ class ManifestStore:
         name = os.fsdecode(self.path)
         if key is not None:
             checker = seal.Checker(self._conn, key, name, min_seq)
+            self._checker = checker
             if everything:
                 checker.everything()
             else:
@@ -564,9 +566,12 @@ class ManifestStore:
         )
         return seal.Info("valid", key.public.id, seq + 1, digest, at)
 
-    def statement(self) -> str | None:
-        """The seal's statement as stored (checked or not)."""
-        return seal.statement_text(self._conn)
+    def trusted(self, with_dirs: bool = True) -> seal.Trusted | None:
+        """What ``signature`` checked with a key, for the workers (None: no key)."""
+        if self._checker is None:
+            return None
+        handed = self._checker.handover()
+        return handed if with_dirs else seal.Trusted(handed.statement)
 
     def _update_dirs(self) -> str:
         """Bring the directory digests up to date; return the baseline digest (hex)."""
@@ -661,14 +666,16 @@ class BaselineReader:
         snapshot: bool = True,
         key: PublicKey | None = None,
         min_seq: int = 0,
-        trusted: str | None = None,
+        trusted: seal.Trusted | None = None,
     ) -> None:
         self._conn = connect_read(path)
         self._snapshot = snapshot
         self._check = (
             None
             if key is None
-            else seal.Checker(self._conn, key, os.fsdecode(path), min_seq, trusted)
+            else seal.Checker(
+                self._conn, key, os.fsdecode(path), min_seq, trusted=trusted, snapshot=snapshot
+            )
         )
         if snapshot:
             with guard(path):
@@ -708,9 +715,13 @@ class BaselineReader:
         # as recorded() is: star-unpacking would give a list, never equal to it).
         if self._check is None:
             return {row[0]: row[1:] for row in self._conn.execute(sql, (directory,))}
-        with self._checked() as check:
+        if self._snapshot:  # the hot path of a checked run: no context manager
             rows = self._conn.execute(sql + " ORDER BY name", (directory,)).fetchall()
-            check.entries(directory, rows)
+            self._check.entries(directory, rows)
+        else:
+            with self._checked() as check:
+                rows = self._conn.execute(sql + " ORDER BY name", (directory,)).fetchall()
+                check.entries(directory, rows)
         return {row[0]: row[1:] for row in rows}
 
     def children_named(

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple, Protocol, cast
+from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol, cast
 
 from integrityd.config import LogConfig, RootConfig
 from integrityd.keys import PublicKey, SigningKey
 from integrityd.policy import POLICIES, Command, Policy
+
+if TYPE_CHECKING:
+    from integrityd.seal import Trusted  # seal.py reads RECORDED from here
 
 Action = Literal[
     "added", "removed", "modified", "backdated", "metadata", "corrupted", "unreadable",
@@ -131,7 +134,7 @@ class Job:
     verify_key: PublicKey | None = None
     sign_key: SigningKey | None = None
     min_seq: int = 0  # refuse a baseline whose change log is older (a rollback)
-    statement: str | None = None  # the seal statement the collector checked (Ready)
+    trusted: Trusted | None = None  # what the collector checked of the seal (Ready)
     argv: tuple[str, ...] = ()  # the command line, for the change log
 
     @property
@@ -190,12 +193,10 @@ class Finish:
 class Ready:
     """The collector holds the manifest (and, for writers, its lock).
 
-    ``statement``: the seal's statement whose signature the collector checked, so that
-    the workers, finding the same text in their own snapshots, need not check it again
-    (nor import cryptography to do so).
+    ``trusted``: what the collector checked of the seal, for the workers (seal.Trusted).
     """
 
-    statement: str | None = None
+    trusted: Trusted | None = None
 
 
 @dataclass(frozen=True, slots=True)

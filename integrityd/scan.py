@@ -147,7 +147,7 @@ class Scanner:
             snapshot=not self.watches,
             key=None if self.writes else job.verify_key,
             min_seq=job.min_seq,
-            trusted=job.statement,
+            trusted=job.trusted,
         )
         self.excluders = [Excluder(s.root.exclude) for s in job.scopes]
         self.rules = [Rules(s.root) for s in job.scopes]

@@ -60,28 +60,48 @@ Row = tuple[Any, ...]
 RUN = 512  # rows per pickle in a directory digest: a huge directory in bounded memory
 
 
-def pickled(value: object) -> bytes:
-    """``value`` as pickle protocol 3 without a memo: the same values, the same bytes.
+class Encoder:
+    """Values as pickle protocol 3 without a memo: the same values, the same bytes.
 
     A memo would make the bytes depend on which values happen to be one object
     (sqlite3 returns the same object for equal one-character strings, for one). Pickle
     rather than a text form: the whole list is encoded in C, at a quarter of the cost
     of ascii() of each row (40 against 170 ms for 100,000 rows on the development VM),
-    and a reader pays it for every directory it reads.
+    and a reader pays it for every directory it reads. One pickler serves every call
+    (without a memo it keeps nothing from one to the next): making one cost as much as
+    encoding a directory of two files.
     """
-    f = io.BytesIO()
-    p = pickle.Pickler(f, protocol=3)
-    p.fast = True
-    p.dump(value)
-    return f.getvalue()
+
+    def __init__(self) -> None:
+        self._buf = io.BytesIO()
+        self._pickler = pickle.Pickler(self._buf, protocol=3)
+        self._pickler.fast = True
+
+    def encode(self, value: object) -> bytes:
+        """The bytes of ``value``."""
+        self._buf.seek(0)
+        self._buf.truncate()
+        self._pickler.dump(value)
+        return self._buf.getvalue()
+
+    def dir_digest(self, rows: list[Row]) -> bytes:
+        """The digest of one directory's entries, given in name order."""
+        if len(rows) <= RUN:
+            return hashlib.sha256(self.encode(rows)).digest()
+        h = hashlib.sha256()
+        for i in range(0, len(rows), RUN):
+            h.update(self.encode(rows[i : i + RUN]))
+        return h.digest()
+
+
+def pickled(value: object) -> bytes:
+    """``Encoder.encode`` with an encoder of its own."""
+    return Encoder().encode(value)
 
 
 def dir_digest(rows: list[Row]) -> bytes:
-    """The digest of one directory's entries, given in name order."""
-    h = hashlib.sha256()
-    for i in range(0, len(rows), RUN):
-        h.update(pickled(rows[i : i + RUN]))
-    return h.digest()
+    """``Encoder.dir_digest`` with an encoder of its own."""
+    return Encoder().dir_digest(rows)
 
 
 class StreamedDigest:
@@ -181,6 +201,23 @@ class Info:
             "baseline_sha256": self.baseline_sha256,
             "signed_at": self.signed_at,
         }
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Trusted:
+    """What the collector checked, for the workers it starts before they read anything.
+
+    A worker that finds ``statement`` in its own snapshot need not check its signature
+    again, nor import cryptography to do so; with ``dirs`` (the directory digests the
+    collector checked against it) it need not hash the ``dirs`` table either, and its
+    rows must match those digests: any change of a row or a digest since is found, and
+    a writer's commit meanwhile changes the statement, which sends the worker through
+    the whole check again. The daemon passes no ``dirs``: they would go through a pipe
+    to every worker it starts, and be stale after the first accept.
+    """
+
+    statement: str
+    dirs: dict[bytes, tuple[bytes, int]] | None = None
 
 
 def now_iso() -> str:
@@ -322,11 +359,16 @@ class Checker:
         key: PublicKey,
         name: str,
         min_seq: int,
-        trusted: str | None = None,
+        *,
+        trusted: Trusted | None = None,
+        snapshot: bool = False,
     ) -> None:
-        # ``trusted``: a statement whose signature was checked already (by the collector,
-        # or by this checker before): the same text is not checked again.
+        # ``trusted``: what was checked already (by the collector, or by this checker
+        # before): see Trusted. ``snapshot``: the connection reads one snapshot, which
+        # never changes: no need to ask SQLite whether it did.
         self.trusted = trusted
+        self.snapshot = snapshot
+        self.encoder = Encoder()
         self.conn = conn
         self.key = key
         self.name = name
@@ -341,8 +383,15 @@ class Checker:
         s = self.fresh()
         return Info("valid", s.key_id, s.seq, s.baseline_sha256, s.signed_at)
 
+    def handover(self) -> Trusted:
+        """What this checker checked, for the workers (after ``top``)."""
+        assert self.trusted is not None
+        return Trusted(self.trusted.statement, self._dirs)
+
     def fresh(self) -> Statement:
         """Check the top again if the manifest changed since it was last checked."""
+        if self.snapshot and self.statement is not None:
+            return self.statement
         version = self.conn.execute("PRAGMA data_version").fetchone()[0]
         if version != self._version or self.statement is None:
             self._ok.clear()
@@ -370,15 +419,19 @@ class Checker:
                 "a baseline signed by another key is not trusted"
             )
             raise SignatureError(msg)
-        if text != self.trusted:
+        t = self.trusted
+        if t is None or text != t.statement:
             self._signed(text, s)
-            self.trusted = text
+            self.trusted = Trusted(text)
         if s.seq < self.min_seq:
             msg = (
                 f"manifest {self.name} is at change {s.seq} ({self._by(s)}), older than the "
                 f"minimum {self.min_seq}: an older signed baseline was put back"
             )
             raise SignatureError(msg)
+        if t is not None and text == t.statement and t.dirs is not None and not chain_too:
+            self._dirs = t.dirs
+            return s
         seq, head = (
             check_chain(self.conn, f"manifest {self.name}") if chain_too else (log_head(self.conn))
         )
@@ -420,7 +473,7 @@ class Checker:
         if parent in self._ok:
             return
         want = self._dirs.get(parent)
-        if (want is not None) if not rows else want != (dir_digest(rows), len(rows)):
+        if (want is not None) if not rows else want != (self.encoder.dir_digest(rows), len(rows)):
             raise SignatureError(self._changed(s, f"the entries of {_show(parent)}"))
         self._ok.add(parent)
 

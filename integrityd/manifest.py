@@ -277,6 +277,7 @@ class ManifestStore:
             _run_script(c, _SCHEMA)
             c.execute("COMMIT")
             c.execute("BEGIN IMMEDIATE")
+        refuse_foreign_schema(c, self.path)
         version = c.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             msg = f"manifest {os.fsdecode(self.path)} was written by a newer integrityd"
@@ -827,6 +828,7 @@ def connect_read(path: bytes) -> sqlite3.Connection:
     try:
         conn = sqlite3.connect(uri, uri=True, timeout=LOCK_TIMEOUT_S, isolation_level=None)
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        refuse_foreign_schema(conn, path)
         _compat_view(conn)
         return conn
     except sqlite3.Error as e:
@@ -852,10 +854,40 @@ def connect_read(path: bytes) -> sqlite3.Connection:
             uri + "&immutable=1", uri=True, timeout=LOCK_TIMEOUT_S, isolation_level=None
         )
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        refuse_foreign_schema(conn, path)
         _compat_view(conn)
     except sqlite3.Error as e:
         raise sqlite_error(path, e) from e
     return conn
+
+
+_OURS = frozenset(
+    {("table", t) for t in ("meta", "roots", "files", "dirs", "log")} | {("index", "unrecorded")}
+)
+
+
+def refuse_foreign_schema(conn: sqlite3.Connection, path: bytes) -> None:
+    """Refuse a manifest holding a trigger, a view or a table integrityd never creates.
+
+    A trigger would rewrite what a writer inserts (and a signing writer would then sign
+    it), a view named ``files`` over a renamed table could answer one query one way and
+    the next another: both let whoever may write the file change what integrityd reads
+    without changing a row it checks. SQLite's own objects (``sqlite_autoindex_*``,
+    ``sqlite_stat1``) are fine: nobody else may create names beginning with ``sqlite_``.
+    """
+    rows = conn.execute("SELECT type, name FROM main.sqlite_master").fetchall()
+    foreign = [(t, n) for t, n in rows if (t, n) not in _OURS and not n.startswith("sqlite_")]
+    if not foreign:
+        return
+    kind, name = foreign[0]
+    msg = (
+        f"manifest {os.fsdecode(path)} holds a {kind} named {name!r} that integrityd never "
+        "creates: its schema was changed outside integrityd, and what it reads or writes "
+        "could be rewritten; it was left untouched"
+    )
+    if seal.has_table(conn, "meta") and seal.statement_text(conn) is not None:
+        raise SignatureError(msg)  # signed: tampering with the seal's contents
+    raise ManifestCorrupt(msg)
 
 
 def _compat_view(conn: sqlite3.Connection) -> None:

@@ -533,3 +533,74 @@ def test_key_new_asks_for_the_passphrase_twice_on_a_terminal(
     assert code == 16
     assert "differ" in out
     assert not (tmp_path / "u.pem").exists()
+
+
+def test_digests_rewritten_with_their_directory_digest_break_the_top(
+    tree: Path, signed: Path, keys: tuple[Path, Path]
+) -> None:
+    """The intruder who reads seal.py: entry and directory digest changed together."""
+    (tree / "a.txt").write_text("planted\n")
+    conn = sqlite3.connect(signed)
+    conn.execute(
+        "UPDATE files SET sha256 = ?, size = 8 WHERE name = CAST('a.txt' AS BLOB)",
+        (hashlib.sha256(b"planted\n").digest(),),
+    )
+    parent = os.fsencode(tree)
+    rows = conn.execute(
+        f"SELECT {seal.COLUMNS} FROM files WHERE parent = ? ORDER BY name",  # noqa: S608
+        (parent,),
+    ).fetchall()
+    conn.execute("UPDATE dirs SET digest = ? WHERE parent = ?", (seal.dir_digest(rows), parent))
+    conn.commit()
+    conn.close()
+    _refused(_check(signed, keys[1], tree), "roots or directories")
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        # Rewrites what the next accept inserts, and the digest with it: then signed.
+        "CREATE TRIGGER t AFTER INSERT ON files BEGIN "
+        "UPDATE files SET sha256 = zeroblob(32) WHERE name = CAST('c.txt' AS BLOB); END",
+        # The real table renamed, a view in its place.
+        "ALTER TABLE files RENAME TO files_real; CREATE VIEW files AS SELECT * FROM files_real",
+    ],
+    ids=["trigger", "view"],
+)
+def test_a_trigger_or_a_view_in_the_manifest_is_refused(
+    tree: Path, signed: Path, keys: tuple[Path, Path], schema: str
+) -> None:
+    conn = sqlite3.connect(signed)
+    conn.executescript(schema)
+    conn.close()
+    before = _fingerprint(signed)
+    _refused(_check(signed, keys[1], tree), "never creates")
+    (tree / "a.txt").write_text("new\n")
+    _refused(integrityd("accept", "-m", signed, "--sign-key", keys[0], "--all"), "never creates")
+    assert _fingerprint(signed) == before
+    # Unsigned, the same schema is a damaged manifest (18): never written through.
+    plain = signed.parent / "plain.db"
+    assert integrityd("init", "-m", plain, tree).returncode == 0
+    conn = sqlite3.connect(plain)
+    conn.executescript(schema)
+    conn.close()
+    r = integrityd("check", "-m", plain, tree)
+    assert r.returncode == 18
+    assert "never creates" in r.stderr
+
+
+def test_verify_progress_is_not_signed_but_a_full_verify_rehashes_all(
+    tree: Path, signed: Path, keys: tuple[Path, Path]
+) -> None:
+    """What verify records is the readers' own: an intruder may postpone a file, not hide it.
+
+    With a budget, verify takes the files least recently verified; an intruder who marks
+    a changed file as verified in the far future moves it to the end of the queue (the
+    README says so). A verify without a budget, and every check, still read it.
+    """
+    (tree / "sub" / "c.txt").write_text("tampered\n")
+    _sql(signed, "UPDATE files SET verified_ns = 9e18 WHERE name = CAST('c.txt' AS BLOB)")
+    r = integrityd("verify", "-m", signed, "--verify-key", keys[1], "--json")
+    assert r.returncode == 4, r.stderr
+    assert ("modified", str(tree / "sub" / "c.txt")) in findings(r)
+    assert events(r)[-1]["signature"]["state"] == "valid"

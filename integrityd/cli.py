@@ -377,7 +377,7 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
     from integrityd import configfile  # noqa: PLC0415 - see the module docstring
 
     try:
-        cfg = configfile.load(args.file, roots_exist=True)
+        cfg = configfile.load(args.file, roots_exist=not args.roots_may_be_missing)
     except ConfigError as e:
         for problem in e.problems:  # every mistake in the file, one line each
             _log().error("config_error", message=problem, exit_code=int(e.exit_code))
@@ -472,6 +472,11 @@ def _parser() -> argparse.ArgumentParser:
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     chk = cfg_sub.add_parser("check", help="validate a config file")
     chk.add_argument("file", metavar="CONFIG")
+    chk.add_argument(
+        "--roots-may-be-missing",
+        action="store_true",
+        help="accept a root that does not exist now (the daemon's reload: mounted later)",
+    )
     chk.set_defaults(func=_cmd_config_check)
     return p
 

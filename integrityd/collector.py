@@ -50,7 +50,7 @@ from integrityd.report import (
     text_lines,
 )
 from integrityd.seal import Info
-from integrityd.signals import ignore_stop_signals
+from integrityd.signals import ignore_stop_signals, name_process
 
 log = logsetup.get_logger()
 
@@ -60,6 +60,7 @@ CHECKPOINT_S = 2.0  # verify commits its progress this often, so an interruption
 
 def run(data: Connection, ctl: Connection, job: Job) -> None:
     """Process entry point: report Ready, then Summary or Failed on ``ctl``."""
+    name_process("integrityd-coll")
     ignore_stop_signals()  # main stops us by closing our input, or with SIGKILL
     logsetup.configure(job.log)
     if job.policy.live:

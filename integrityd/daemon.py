@@ -52,7 +52,7 @@ from integrityd.reloadplan import plan_reload
 from integrityd.report import count
 from integrityd.schedule import ScanScheduler
 from integrityd.scopes import resolve_scopes
-from integrityd.watch import FILE, TREE, Changes
+from integrityd.watch import FILE, TREE, Changes, watch_limit
 from integrityd.watchplan import process_watch_count
 
 log = logsetup.get_logger()
@@ -275,6 +275,7 @@ class Daemon:
             f"with {count(self.workers, 'worker')}",
             roots=[os.fsdecode(s.start) for s in self.job.scopes],
             watches=process_watch_count(),
+            max_user_watches=watch_limit(),
         )
         self.scheduler.start("startup", self.active, self.job.scopes, self.active, time.monotonic())
         while self.requests.stop is None:

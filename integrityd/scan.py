@@ -42,7 +42,7 @@ from integrityd.messages import (
 from integrityd.paths import join, relative, split
 from integrityd.prefetch import Prefetcher, cold
 from integrityd.rules import NONE, Rules
-from integrityd.signals import ignore_stop_signals
+from integrityd.signals import ignore_stop_signals, name_process
 from integrityd.walk import Entry, Listing, list_dir
 
 log = logsetup.get_logger()
@@ -739,6 +739,7 @@ def worker_main(  # noqa: PLR0917 - a Process passes its args by position
     idle: bool,
 ) -> None:
     """Hash worker process: take tasks until the None sentinel or until main is gone."""
+    name_process("integrityd-hash")
     ignore_stop_signals()  # main stops us with the None sentinel, or with SIGKILL
     logsetup.configure(job.log)
     if idle:

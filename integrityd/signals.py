@@ -1,9 +1,23 @@
-"""What a process of ours does with SIGINT and SIGTERM once main owns its shutdown."""
+"""How a child process of ours starts: its name, and SIGINT and SIGTERM left to main."""
 
 from __future__ import annotations
 
 import signal
 import threading
+
+
+def name_process(name: str) -> None:
+    """Name this process (its ``comm``, what ps, top and pgrep show): 15 bytes at most.
+
+    A forked worker and the collector otherwise show as ``python3`` or as the forkserver's
+    long command line: an operator (or a test) that must find the collector, or kill a
+    worker and not the process server, could not tell them apart.
+    """
+    try:
+        with open("/proc/self/comm", "w") as f:
+            f.write(name[:15])
+    except OSError:
+        pass  # no /proc: the name is only a help
 
 
 def ignore_stop_signals() -> None:

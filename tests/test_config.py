@@ -214,3 +214,16 @@ def test_a_huge_config_file_is_refused_before_it_is_parsed(tmp_path: Path) -> No
     r = integrityd("config", "check", path)
     assert r.returncode == 17
     assert f"{path}: larger than 1024 KiB" in r.stderr
+
+
+def test_config_check_for_a_reload_accepts_a_root_not_mounted_yet(tmp_path: Path) -> None:
+    """The unit's ExecReload validates with --roots-may-be-missing: the daemon allows it."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"roots:\n  - path: {tmp_path / 'not-mounted'}\n")
+    assert integrityd("config", "check", cfg).returncode == 17
+    r = integrityd("config", "check", "--roots-may-be-missing", cfg)
+    assert r.returncode == 0, r.stderr
+    cfg.write_text("roots:\n  - path: /srv\n    nonsense: 1\n")
+    r = integrityd("config", "check", "--roots-may-be-missing", cfg)
+    assert r.returncode == 17
+    assert f"{cfg}:3: roots[0].nonsense" in r.stderr

@@ -28,3 +28,27 @@ def test_the_daemon_is_not_restarted_for_what_a_restart_cannot_fix() -> None:
     assert service["Service"]["Restart"] == "on-failure"
     assert int(service["Unit"]["StartLimitBurst"]) >= 1
     assert int(service["Unit"]["StartLimitIntervalSec"]) > 0
+
+
+def test_a_reload_with_a_broken_config_fails_before_the_daemon_sees_it() -> None:
+    """A config with a mistake fails `systemctl reload` (ExecReload validates it first)."""
+    text = (UNITS / "integrityd.service").read_text()
+    reload = [line for line in text.splitlines() if line.startswith("ExecReload=")]
+    assert "config check --roots-may-be-missing" in reload[0]
+    assert reload[-1].endswith("kill -HUP $MAINPID")
+
+
+def test_units_fail_loudly_without_their_config_and_keep_etc_read_only() -> None:
+    """init@typo fails (Assert, not Condition); no unit makes /etc/integrityd writable."""
+    for name in ("integrityd.service", "integrityd-init@.service", "integrityd-verify@.service"):
+        text = (UNITS / name).read_text()
+        assert "\nAssertPathExists=/etc/integrityd/" in text, name
+        assert "ConditionPathExists" not in text, name
+        assert "\nConfigurationDirectory=" not in text, name
+
+
+def test_the_daemon_can_read_the_inotify_watch_limit() -> None:
+    """ProcSubset=pid hid /proc/sys/fs/inotify: the watch plan ran without a limit."""
+    service = unit("integrityd.service")
+    assert "ProcSubset" not in service["Service"]
+    assert service["Service"]["ProtectKernelTunables"] == "yes"  # read-only, still

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import mmap
+import os
 import pickle
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -144,7 +145,18 @@ class WorkerPool:
         parent_only(parent)
         args = (child, self._hungry, *self._args)
         proc = self._ctx.Process(target=self._target, args=args, name="hasher")
-        proc.start()
+        try:
+            proc.start()
+        except (EOFError, OSError) as e:
+            # The daemon's process server (forkserver) died: killed, or by the OOM
+            # killer. multiprocessing raised EOFError('unexpected EOF') from the middle
+            # of its protocol, and the daemon ended in an "internal error". It cannot
+            # fork a worker any more: end with a clear cause, and systemd restarts us
+            # (Restart=on-failure); the restart's catch-up scan misses nothing.
+            parent.close()
+            child.close()
+            msg = f"cannot start a hash worker: the process that forks them is gone ({e!r})"
+            raise WorkerDied(msg) from e
         child.close()  # so that the worker's death reads as EOF here
         log.debug("worker_started", pid=proc.pid)
         worker = _Worker(proc, parent)
@@ -293,6 +305,13 @@ class WorkerPool:
         worker.proc.join(STOP_TIMEOUT_S)
         self._forget(worker)
         self._workers.remove(worker)
+        if outlived(worker.proc.pid):
+            msg = (
+                "the process server that forks the hash workers died (killed, or by the "
+                "OOM killer), and with it every worker's exit status: stopping, to be "
+                "restarted whole"
+            )
+            raise WorkerDied(msg)
         code = worker.proc.exitcode
         log.warning("worker_died", pid=worker.proc.pid, exitcode=code, tasks=len(worker.inflight))
         self.restarts += 1
@@ -330,7 +349,7 @@ class WorkerPool:
                 w.proc.kill()
         for w in self._workers:
             w.proc.join(STOP_TIMEOUT_S)
-            if w.proc.is_alive():
+            if w.proc.is_alive() or outlived(w.proc.pid):
                 log.warning("worker_killed", pid=w.proc.pid)
                 w.proc.kill()
                 w.proc.join()
@@ -382,6 +401,14 @@ class CollectorHandle:
 
     def stats(self) -> LiveStats:
         """watch: read the collector's answer to a Ping; anything else is an error."""
+        if not self._ctl.poll(0):  # woken by its sentinel, with nothing to read: it ended
+            self._proc.join(STOP_TIMEOUT_S)
+            why = (
+                "the process server that forked it died, and with it its exit status"
+                if outlived(self._proc.pid)
+                else f"exit code {self._proc.exitcode}"
+            )
+            raise CollectorDied(f"the collector process ended unexpectedly ({why})")
         stats: LiveStats = self._expect(LiveStats)
         return stats
 
@@ -407,10 +434,29 @@ class CollectorHandle:
         """Make sure the collector is gone; closing its input makes it roll back and exit."""
         self._data.close()
         self._proc.join(STOP_TIMEOUT_S)
-        if self._proc.is_alive():
+        if self._proc.is_alive() or outlived(self._proc.pid):
             self._proc.kill()
             self._proc.join()
         self._ctl.close()
+
+
+def outlived(pid: int | None) -> bool:
+    """Whether a child whose end was reported (and joined) is in fact still running.
+
+    A child of the daemon's process server (forkserver) reports its end through a pipe
+    from that server: when the server itself dies, every such pipe reads as an end
+    (exit code 255) while the children live on, orphaned. A child that really ended has
+    been reaped by then (by us, or by the server), and its PID is gone.
+    """
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def parent_only(conn: Connection) -> None:

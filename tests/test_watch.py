@@ -789,3 +789,39 @@ def test_no_helper_outlives_the_daemon(
         assert [p for p in helpers if alive(p)] == []
         w.close()
         manifest.unlink()
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/status").read_text().split("PPid:")[1].split()[0])
+
+
+def test_a_killed_process_server_ends_the_daemon_cleanly(
+    tmp_path: Path, tree: Path, manifest: Path
+) -> None:
+    """SIGKILL of the forkserver (the OOM killer's choice, say): exit 19, nothing left behind.
+
+    Its children's ends are reported through pipes from it: with it gone every worker
+    and the collector read as ended (exit 255) while they lived on. The daemon spawned
+    workers beside the orphans and then waited forever for the "dead" collector's
+    answer to a ping: it reported nothing more, and under systemd its stop timed out.
+    """
+    assert integrityd("init", "-m", manifest, tree).returncode == 0
+    w = Watcher(tmp_path, "-m", manifest)
+    try:
+        w.ready()
+        w.scanned()
+        everyone = descendants(w.proc.pid)
+        server = next(
+            p
+            for p in everyone
+            if b"forkserver import main" in Path(f"/proc/{p}/cmdline").read_bytes()
+            and _parent(p) == w.proc.pid
+        )
+        os.kill(server, signal.SIGKILL)
+        assert w.proc.wait(timeout=20) == 19
+        wait_for(lambda: not any(alive(p) for p in everyone), 10, "no process left")
+        errors = [e for e in w.logs if e.get("level") == "error"]
+        assert len(errors) == 1, errors
+        assert "process server" in errors[0]["message"]
+    finally:
+        w.close()

@@ -159,7 +159,7 @@ def prepare(root: Path) -> None:
     )  # fmt: skip
     system = root / "etc" / "systemd" / "system"
     for unit in (REPO / "systemd").glob("integrityd*"):
-        if unit.suffix != ".sysusers":
+        if unit.is_file() and unit.suffix != ".sysusers":
             shutil.copy(unit, system / unit.name)
     sysusers = root / "etc" / "sysusers.d"
     sysusers.mkdir(parents=True, exist_ok=True)
@@ -396,7 +396,49 @@ def the_watchdog_fires(c: Container) -> None:
     )
     p = c.show("integrityd", "NRestarts", "ActiveState")
     log(f"ok: the watchdog fired and the service restarted ({p})")
+
+
+def metrics_behind_the_drop_in(c: Container) -> None:
+    """The metrics drop-in opens the loopback, and only it: /metrics answers there."""
+    dropin = c.root / "etc" / "systemd" / "system" / "integrityd.service.d"
+    dropin.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "systemd" / "integrityd.service.d" / "metrics.conf", dropin)
+    c.sh("printf 'metrics:\n  listen: 127.0.0.1:9810\n' >> /etc/integrityd/integrityd.yaml")
+    c.sh("systemctl daemon-reload && systemctl restart integrityd")
+    scrape = (
+        "/opt/integrityd/bin/python -c 'import urllib.request as u; "
+        'print(u.urlopen("http://127.0.0.1:9810/metrics", timeout=5).read().decode())\''
+    )
+    text = wait_for(
+        "/metrics",
+        lambda: (r := c.sh(scrape, check=False)).returncode == 0 and r.stdout,
+    )
+    if "integrityd_watch_roots 1.0" not in text:
+        raise Failed(f"/metrics: {text[:500]}")
+    log("ok: with the metrics drop-in, /metrics answers on the loopback")
+
+
+def the_process_server_killed(c: Container) -> None:
+    """SIGKILL of the process server: the daemon exits 19 and systemd restarts it."""
+    main = c.show("integrityd", "MainPID")["MainPID"]
+    server = c.sh(f"pgrep -P {main} -f 'forkserver import main'").stdout.split()[0]
+    c.sh(f"kill -KILL {server}")
+    wait_for(
+        "a restart after the process server died",
+        lambda: (
+            c.show("integrityd", "MainPID")["MainPID"] not in ("0", main)
+            and c.show("integrityd", "ActiveState")["ActiveState"] == "active"
+        ),
+        60,
+    )
+    journal = c.sh("journalctl -u integrityd -o cat --no-pager").stdout
+    if "process server that forks the hash workers died" not in journal:
+        raise Failed("the restart was not for the process server")
+    log("ok: a SIGKILLed process server: exit 19, restarted by systemd")
     c.sh("systemctl stop integrityd")
+    p = c.show("integrityd", "Result")
+    if p != {"Result": "success"}:
+        raise Failed(f"stop after the restart: {p}")
 
 
 def scenarios(c: Container) -> None:
@@ -409,6 +451,8 @@ def scenarios(c: Container) -> None:
     a_clean_stop(c)
     verify_and_its_timer(c)
     the_watchdog_fires(c)
+    metrics_behind_the_drop_in(c)
+    the_process_server_killed(c)
 
 
 def main() -> int:

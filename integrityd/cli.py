@@ -140,6 +140,10 @@ def _audit(command: Command, args: argparse.Namespace, budget: Budget | None = N
         argv=tuple(sys.argv[1:]),
     )
     summary = audit.run(job, cfg, budget)
+    if metrics_file := args.metrics_file or cfg.metrics.textfile:
+        from integrityd.metrics import write_textfile  # noqa: PLC0415 - see the module docstring
+
+        write_textfile(metrics_file, summary, [os.fsdecode(s.start) for s in scopes])
     if getattr(args, "summary_file", None):
         from integrityd.report import Context, summary_event  # noqa: PLC0415
 
@@ -428,6 +432,12 @@ def _parser() -> argparse.ArgumentParser:
             _writer_flags(c)
         else:
             _reader_flags(c)
+        if progress:  # the one-shot commands
+            c.add_argument(
+                "--metrics-file",
+                metavar="FILE",
+                help="write Prometheus metrics here (node_exporter textfile), atomically",
+            )
         c.set_defaults(func=func)
         return c
 

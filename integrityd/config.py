@@ -100,6 +100,14 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MetricsConfig:
+    """Prometheus metrics (metrics.py): a textfile after one-shot runs, /metrics from watch."""
+
+    textfile: str | None = None  # node_exporter textfile written after each one-shot run
+    listen: str | None = None  # HOST:PORT where watch serves /metrics; bind to localhost
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SigningConfig:
     """Key files for the seal (seal.py); the command line's flags override them."""
 
@@ -147,6 +155,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     watch: WatchConfig = field(default_factory=WatchConfig)
     signing: SigningConfig = field(default_factory=SigningConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def __post_init__(self) -> None:
         if self.workers < 0:

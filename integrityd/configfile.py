@@ -14,9 +14,18 @@ from typing import Any
 
 import yaml
 
-from integrityd.config import Config, LogConfig, RootConfig, Rule, SigningConfig, WatchConfig
+from integrityd.config import (
+    Config,
+    LogConfig,
+    MetricsConfig,
+    RootConfig,
+    Rule,
+    SigningConfig,
+    WatchConfig,
+)
 from integrityd.errors import ConfigError
 from integrityd.exclude import problem
+from integrityd.metrics import parse_listen
 from integrityd.paths import covers, resolved_keeping_name
 from integrityd.units import parse_duration, parse_size
 
@@ -210,7 +219,32 @@ class _Builder:
         if "signing" in m:
             with self.each():
                 values["signing"] = self.signing(m["signing"])
+        if "metrics" in m:
+            with self.each():
+                values["metrics"] = self.metrics(m["metrics"])
         return Config(**values)
+
+    def metrics(self, node: yaml.Node) -> MetricsConfig:
+        m = self.mapping(node, "metrics", {"textfile", "listen"})
+        values: dict[str, Any] = {}
+        if "textfile" in m:
+            with self.each():
+                path = os.path.expanduser(
+                    self.typed(m["textfile"], "metrics.textfile", str, "a path")
+                )
+                if not os.path.isabs(path):
+                    msg = f"must be an absolute path, got {path!r}"
+                    raise self.error(m["textfile"], "metrics.textfile", msg)
+                values["textfile"] = path
+        if "listen" in m:
+            with self.each():
+                listen = self.typed(m["listen"], "metrics.listen", str, "HOST:PORT")
+                try:
+                    parse_listen(listen)
+                except ValueError as e:
+                    raise self.error(m["listen"], "metrics.listen", str(e)) from e
+                values["listen"] = listen
+        return MetricsConfig(**values)
 
     def signing(self, node: yaml.Node) -> SigningConfig:
         m = self.mapping(node, "signing", {"private_key", "public_key", "min_seq"})

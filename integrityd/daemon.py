@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from integrityd import collector, config, configfile, logsetup, scan, schedule
+from integrityd import collector, config, configfile, logsetup, metrics, scan, schedule, seal
 from integrityd.config import Config
 from integrityd.errors import IntegritydError, ManifestLocked, RootError
 from integrityd.eventloop import Loop
@@ -204,6 +204,9 @@ def run(
             heartbeat=heartbeat,
             seal_flags=(verify_key, min_seq),
         )
+        if cfg.metrics.listen:  # its thread reads daemon.gauges() at each scrape
+            server = metrics.Server(cfg.metrics.listen, daemon.gauges)
+            stack.callback(server.close)
         code = daemon.run()
     return code
 
@@ -219,14 +222,39 @@ def _seal(cfg: Config, verify_key: str | None, min_seq: int | None) -> dict[str,
     return {"verify_key": key, "min_seq": cfg.signing.min_seq if min_seq is None else min_seq}
 
 
-def check_seal(job: Job, everything: bool = False) -> None:
+def _summed_rss(pid: int) -> int:
+    """RSS in bytes of ``pid`` and every process below it (the workers, the collector)."""
+    parents: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue  # gone meanwhile, or not ours to see
+        parents[int(entry)] = int(fields.get("PPid", "0"))
+        rss[int(entry)] = int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
+    children: dict[int, list[int]] = {}
+    for child, parent in parents.items():
+        children.setdefault(parent, []).append(child)
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        total += rss.get(p, 0)
+        todo.extend(children.get(p, ()))
+    return total
+
+
+def check_seal(job: Job, everything: bool = False) -> seal.Info:
     """Check the manifest's seal as the daemon's job asks; SignatureError if it fails.
 
     ``everything``: every entry (a reload); else the statement, the log and the
     directory digests (a full scan, whose workers then check each directory they read).
     """
     with ManifestStore.open(job.manifest, "read") as store, store.guard():
-        store.signature(job.verify_key, job.min_seq, everything=everything)
+        return store.signature(job.verify_key, job.min_seq, everything=everything)
 
 
 class Daemon:
@@ -264,7 +292,8 @@ class Daemon:
         self.heartbeat = heartbeat
         self.notifier = heartbeat.notifier
         # Every full scan checks the seal first; the workers check each directory they read.
-        scheduler.before_scan = lambda: check_seal(self.job)
+        self.signature: dict[str, object] | None = None  # as last checked (metrics)
+        scheduler.before_scan = self._check_seal
 
     def run(self) -> int:
         """READY, the catch-up scan, the loop until a stop signal; then the collector's end."""
@@ -292,6 +321,26 @@ class Daemon:
         self.pool.stop(graceful=False)  # they only read: nothing to lose, and fast
         self.handle.finish()
         return 0
+
+    def _check_seal(self) -> None:
+        self.signature = check_seal(self.job).event()
+
+    def gauges(self) -> metrics.DaemonGauges:
+        """The daemon's counters now, for /metrics (read from the server's thread)."""
+        stats = self.heartbeat.stats
+        return metrics.DaemonGauges(
+            roots=len(self.active),
+            files_checked=stats.files,
+            findings=stats.findings,
+            pending_paths=len(self.changes),
+            events_lost=self.watches.overflows_total,
+            worker_restarts=self.pool.restarts,
+            watches=process_watch_count(),
+            watch_limit=watch_limit(),
+            rss_bytes=_summed_rss(os.getpid()),
+            scans=dict(self.scheduler.started),
+            signature=self.signature,
+        )
 
     def _timeout(self) -> float:
         due = self.changes.next_due()
@@ -373,7 +422,7 @@ class Daemon:
                 "reload_partial", message="these settings need a restart", keys=plan.restart_needed
             )
         job = dataclasses.replace(self.job, scopes=plan.scopes, log=cfg.log, **sealed)
-        check_seal(job, everything=True)  # a baseline that does not hold: exit 22
+        self.signature = check_seal(job, everything=True).event()  # else exit 22
         self.job = job
         logsetup.configure(cfg.log)  # here; the workers and the collector on the new Job
         log.debug("reconfigured", process="main", pid=os.getpid())

@@ -83,6 +83,7 @@ class Watches:
         self.degraded = False  # some directories have no watch: scans cover them
         self.quiet = False  # stopping: what watchdog's threads trip over is expected
         self._overflowed = 0  # inotify queue overflows heard, counted on watchdog's thread
+        self.overflows_total = 0  # those already reported (metrics)
         self._lost_logged_at = -LOST_LOG_S
         self._thread_died = False  # set by threading.excepthook, on the dying thread
         self._undo: list[Callable[[], None]] = []
@@ -284,6 +285,7 @@ class Watches:
             overflows=self._overflowed,
             max_queued_events=queue_limit(),
         )
+        self.overflows_total += self._overflowed
         self._overflowed = 0
         self._lost_logged_at = now
         self._request_scan("events_lost", self._active)

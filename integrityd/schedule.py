@@ -11,6 +11,7 @@ live changes handled meanwhile were part of it, which costs nothing in correctne
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable, Set
 from dataclasses import dataclass
 
@@ -54,6 +55,7 @@ class ScanScheduler:
         self._wanted: dict[int, str] = {}  # scope -> the first reason asked for it
         self._last = now
         self.before_scan: Callable[[], None] = lambda: None  # raises to refuse the scan
+        self.started: Counter[str] = Counter()  # scans begun, by reason (metrics)
 
     @property
     def reason(self) -> str | None:
@@ -92,6 +94,7 @@ class ScanScheduler:
         if not which:
             return
         self.before_scan()
+        self.started[reason] += 1
         self._last = now
         self._current = _Scan(reason, now, self._pool.walked)
         roots = []

@@ -26,6 +26,8 @@ def test_every_documentation_link_of_the_units_exists_in_the_wheel(tmp_path: Pat
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     links = []
     for unit in sorted((REPO / "systemd").glob("integrityd*")):
+        if not unit.is_file():
+            continue  # integrityd.service.d: drop-ins add no Documentation=
         for line in unit.read_text().splitlines():
             if line.startswith("Documentation="):
                 links += [(unit.name, uri) for uri in line.split("=", 1)[1].split()]

@@ -420,8 +420,7 @@ def _parser() -> argparse.ArgumentParser:
         name: str, func: Callable[[argparse.Namespace], int], text: str, progress: bool = True
     ) -> _Parser:
         c: _Parser = sub.add_parser(name, help=text, description=text)
-        c.add_argument("-c", "--config", help="YAML config file")
-        c.add_argument("-m", "--manifest", help="manifest file (default: see README)")
+        _manifest_flags(c)
         c.add_argument("--json", action="store_true", help="one JSON event per line on stdout")
         c.add_argument(
             "-j", "--workers", type=_positive, help="hash worker processes (default: CPUs)"
@@ -498,8 +497,7 @@ def _interop_parsers(sub: Any) -> None:  # noqa: ANN401 - argparse's subparsers 
         help="write the baseline as a checksum file (sha256sum, bsd, hashdeep, mtree) to stdout",
         description="Write the baseline as a checksum file to stdout, for sha256sum -c and others.",
     )
-    exp.add_argument("-c", "--config", help="YAML config file")
-    exp.add_argument("-m", "--manifest", help="manifest file (default: see README)")
+    _manifest_flags(exp)
     exp.add_argument("--format", required=True, choices=["sha256sum", "bsd", "hashdeep", "mtree"])
     exp.add_argument("--relative-to", metavar="DIR", help="write names relative to DIR")
     exp.add_argument("paths", nargs="*", metavar="PATH", help="subtrees to export (default: all)")
@@ -512,8 +510,7 @@ def _interop_parsers(sub: Any) -> None:  # noqa: ANN401 - argparse's subparsers 
         description="Take a checksum file as the baseline for the files below DIR "
         "(names relative to DIR, as sha256sum writes them when run there).",
     )
-    imp.add_argument("-c", "--config", help="YAML config file")
-    imp.add_argument("-m", "--manifest", help="manifest file (default: see README)")
+    _manifest_flags(imp)
     imp.add_argument("--format", required=True, choices=["sha256sum", "bsd", "hashdeep"])
     imp.add_argument(
         "--root", required=True, metavar="DIR", help="directory the names are relative to"
@@ -546,8 +543,7 @@ def _signing_parsers(sub: Any) -> None:  # noqa: ANN401 - argparse's subparsers 
         description="Check the whole baseline with the OLD public key, then sign it with "
         "the NEW private key; the change is an entry in the change log.",
     )
-    kc.add_argument("-c", "--config", help="YAML config file")
-    kc.add_argument("-m", "--manifest", help="manifest file (default: see README)")
+    _manifest_flags(kc)
     kc.add_argument("--verify-key", required=True, metavar="OLD", help="the old public key")
     kc.add_argument("--sign-key", required=True, metavar="NEW", help="the new private key")
     kc.add_argument("--passphrase-file", metavar="F", help="the new key's passphrase, from F")
@@ -559,11 +555,15 @@ def _signing_parsers(sub: Any) -> None:  # noqa: ANN401 - argparse's subparsers 
         description="Show the change log, newest first; with --verify-key, check its "
         "chain and signature first.",
     )
-    lg.add_argument("-c", "--config", help="YAML config file")
-    lg.add_argument("-m", "--manifest", help="manifest file (default: see README)")
+    _manifest_flags(lg)
     lg.add_argument("--json", action="store_true", help="one ECS event per entry")
     _reader_flags(lg)
     lg.set_defaults(func=_cmd_log)
+
+
+def _manifest_flags(c: argparse.ArgumentParser) -> None:
+    c.add_argument("-c", "--config", help="YAML config file")
+    c.add_argument("-m", "--manifest", help="manifest file (default: see README)")
 
 
 def _reader_flags(c: argparse.ArgumentParser) -> None:

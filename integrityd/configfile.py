@@ -210,32 +210,28 @@ class _Builder:
             with self.each():
                 report = self.typed(m["report"], "report", str, "text or json")
                 values["report"] = self.valid(m["report"], "report", report)
-        if "log" in m:
-            with self.each():
-                values["log"] = self.log(m["log"])
-        if "watch" in m:
-            with self.each():
-                values["watch"] = self.watch(m["watch"])
-        if "signing" in m:
-            with self.each():
-                values["signing"] = self.signing(m["signing"])
-        if "metrics" in m:
-            with self.each():
-                values["metrics"] = self.metrics(m["metrics"])
+        sections = {
+            "log": self.log, "watch": self.watch, "signing": self.signing, "metrics": self.metrics
+        }  # fmt: skip
+        for key, build in sections.items():
+            if key in m:
+                with self.each():
+                    values[key] = build(m[key])
         return Config(**values)
+
+    def file_path(self, node: yaml.Node, key: str) -> str:
+        """An absolute path of a file (``~`` expanded), kept as text: a key, a textfile."""
+        path: str = os.path.expanduser(self.typed(node, key, str, "a path"))
+        if not os.path.isabs(path):
+            raise self.error(node, key, f"must be an absolute path, got {path!r}")
+        return path
 
     def metrics(self, node: yaml.Node) -> MetricsConfig:
         m = self.mapping(node, "metrics", {"textfile", "listen"})
         values: dict[str, Any] = {}
         if "textfile" in m:
             with self.each():
-                path = os.path.expanduser(
-                    self.typed(m["textfile"], "metrics.textfile", str, "a path")
-                )
-                if not os.path.isabs(path):
-                    msg = f"must be an absolute path, got {path!r}"
-                    raise self.error(m["textfile"], "metrics.textfile", msg)
-                values["textfile"] = path
+                values["textfile"] = self.file_path(m["textfile"], "metrics.textfile")
         if "listen" in m:
             with self.each():
                 listen = self.typed(m["listen"], "metrics.listen", str, "HOST:PORT")
@@ -252,11 +248,7 @@ class _Builder:
         for name in ("private_key", "public_key"):
             if name in m:
                 with self.each():
-                    key = f"signing.{name}"
-                    path = os.path.expanduser(self.typed(m[name], key, str, "a path"))
-                    if not os.path.isabs(path):
-                        raise self.error(m[name], key, f"must be an absolute path, got {path!r}")
-                    values[name] = path
+                    values[name] = self.file_path(m[name], f"signing.{name}")
         if "min_seq" in m:
             with self.each():
                 seq = self.typed(m["min_seq"], "signing.min_seq", int, "a number >= 0")

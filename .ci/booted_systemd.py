@@ -298,8 +298,10 @@ def reloads(c: Container, main: int) -> None:
     r = c.sh("systemctl reload integrityd", check=False)
     if r.returncode != 0:
         raise Failed(f"reload with a valid config: exit {r.returncode} {r.stderr}")
-    wait_for("reloaded", lambda: any('"reloaded"' in x for x in c.journal("integrityd", cursor)))
-    log("ok: reload with a valid config")
+    # Done when systemctl returns (ExecReload waits for the daemon): no waiting here.
+    if not any('"reloaded"' in x for x in c.journal("integrityd", cursor)):
+        raise Failed("systemctl reload returned before the daemon had reloaded")
+    log("ok: reload with a valid config, done when systemctl reload returns")
     c.sh(
         "cp /etc/integrityd/integrityd.yaml /root/good.yaml && "
         f"printf %s {shlex.quote(BAD_CONFIG)} > /etc/integrityd/integrityd.yaml"

@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import json
 import math
 import multiprocessing
 import os
@@ -63,6 +64,33 @@ BATCH = 64  # paths per FileTask in a flood; a single change goes alone, for lat
 def lock_path(manifest: bytes) -> bytes:
     """The file whose lock says that a daemon watches this manifest."""
     return manifest + b"-watch.lock"
+
+
+def reload_path(manifest: bytes) -> bytes:
+    """The file where the daemon says how its last reload went (``integrityd reload``)."""
+    return manifest + b"-watch.reloaded"
+
+
+def _record_reload(manifest: bytes, ok: bool, message: str) -> None:
+    """Write the outcome of a reload where ``integrityd reload`` waits for it.
+
+    A fresh stamp each time, so that the waiter sees a change even across restarts;
+    written beside the manifest (the daemon's own directory) and renamed into place.
+    """
+    path = reload_path(manifest)
+    tmp = path + b".tmp"
+    data = json.dumps({"stamp": time.time_ns(), "ok": ok, "message": message}).encode()
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("reload_not_recorded", message=f"cannot write {os.fsdecode(path)}: {e}")
 
 
 def _take_lock(manifest: bytes) -> int:
@@ -157,7 +185,7 @@ def run(
             command="watch",
             manifest=manifest,
             scopes=scopes,
-            skip=journal_files(manifest) | {lock_path(manifest)},
+            skip=journal_files(manifest) | {lock_path(manifest), reload_path(manifest)},
             json=json_out,
             progress=False,
             log=cfg.log,
@@ -409,11 +437,9 @@ class Daemon:
             scopes = _resolve(cfg, self.job.manifest)
             sealed = _seal(cfg, *self.seal_flags)
         except IntegritydError as e:
-            log.error(
-                "reload_failed",
-                message=f"{e}; still running with the previous config",
-                error_type=type(e).__name__,
-            )
+            message = f"{e}; still running with the previous config"
+            log.error("reload_failed", message=message, error_type=type(e).__name__)
+            _record_reload(self.job.manifest, False, message)
             self.notifier.send(READY=1, STATUS=self._status())
             return
         plan = plan_reload(self.job.scopes, self.active, self.cfg, cfg, scopes)
@@ -441,4 +467,5 @@ class Daemon:
             removed=[os.fsdecode(plan.scopes[i].start) for i in sorted(plan.removed)],
         )
         self.scheduler.request("root_added", plan.added)
+        _record_reload(self.job.manifest, True, "reloaded")
         self.notifier.send(READY=1, STATUS=self._status())

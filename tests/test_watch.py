@@ -825,3 +825,39 @@ def test_a_killed_process_server_ends_the_daemon_cleanly(
         assert "process server" in errors[0]["message"]
     finally:
         w.close()
+
+
+def test_reload_waits_for_the_daemon_and_fails_with_its_reason(
+    tmp_path: Path, tree: Path, manifest: Path
+) -> None:
+    """`integrityd reload` (the unit's ExecReload): done when it returns, non-zero if refused.
+
+    With ExecReload=kill -HUP, `systemctl reload` returned before the reload happened,
+    and 0 for a config the daemon then refused.
+    """
+    assert integrityd("init", "-m", manifest, tree).returncode == 0
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"manifest: {manifest}\nroots:\n  - path: {tree}\n")
+    w = Watcher(tmp_path, "-c", cfg)
+    try:
+        w.ready()
+        r = integrityd("reload", "-c", cfg, "--pid", w.proc.pid)
+        assert r.returncode == 0, r.stderr
+        assert [e for e in w.logs if e.get("event") == "reloaded"]  # already, not later
+        # A mistake in the file: refused before the daemon hears of it.
+        cfg.write_text(f"manifest: {manifest}\nroots:\n  - path: {tree}\n    typo: 1\n")
+        r = integrityd("reload", "-c", cfg, "--pid", w.proc.pid)
+        assert r.returncode == 17
+        assert f"{cfg}:4: roots[0].typo" in r.stderr
+        # Valid YAML the daemon cannot take (a key file that is not there): its reason.
+        cfg.write_text(
+            f"manifest: {manifest}\nroots:\n  - path: {tree}\n"
+            f"signing:\n  public_key: {tmp_path / 'missing.pub'}\n"
+        )
+        r = integrityd("reload", "-c", cfg, "--pid", w.proc.pid)
+        assert r.returncode == 17
+        assert "missing.pub" in r.stderr
+        assert len([e for e in w.logs if e.get("event") == "reloaded"]) == 1
+        assert w.proc.poll() is None
+    finally:
+        assert w.stop() == 0

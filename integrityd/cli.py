@@ -138,6 +138,7 @@ def _audit(command: Command, args: argparse.Namespace, budget: Budget | None = N
         sign_key=_sign_key(args, cfg) if writes else None,
         min_seq=_min_seq(args, cfg),
         argv=tuple(sys.argv[1:]),
+        max_findings=0 if args.summary_only else args.max_findings,
     )
     summary = audit.run(job, cfg, budget)
     if metrics_file := args.metrics_file or cfg.metrics.textfile:
@@ -496,6 +497,13 @@ def _parser() -> argparse.ArgumentParser:
                 metavar="FILE",
                 help="write Prometheus metrics here (node_exporter textfile), atomically",
             )
+            c.add_argument(
+                "--max-findings",
+                type=_natural,
+                metavar="N",
+                help="report at most N findings, then how many more (the summary counts all)",
+            )
+            c.add_argument("--summary-only", action="store_true", help="report the summary alone")
         c.set_defaults(func=func)
         return c
 

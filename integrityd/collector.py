@@ -44,6 +44,7 @@ from integrityd.report import (
     FINDING_BITS,
     Context,
     Progress,
+    count,
     event,
     summary_event,
     summary_text,
@@ -275,12 +276,20 @@ class _Collector:
     def write_report(self, summary: Summary) -> None:
         self.progress.close()
         out = sys.stdout
+        limit = self.job.max_findings
         try:
+            shown = 0
             for data in self.store.findings():
+                if limit is not None and shown >= limit:
+                    break
+                shown += 1
                 if self.job.json:
                     out.write(data + "\n")
                 else:
                     out.write("\n".join(text_lines(json.loads(data))) + "\n")
+            left = sum(self.counts.values()) - shown
+            if limit is not None and left > 0 and not self.job.json:
+                out.write(f"... and {count(left, 'more finding')} (the summary counts them all)\n")
             if self.job.json:
                 out.write(json.dumps(summary_event(summary, self.ecs)) + "\n")
             else:

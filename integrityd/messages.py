@@ -136,6 +136,7 @@ class Job:
     min_seq: int = 0  # refuse a baseline whose change log is older (a rollback)
     trusted: Trusted | None = None  # what the collector checked of the seal (Ready)
     argv: tuple[str, ...] = ()  # the command line, for the change log
+    max_findings: int | None = None  # findings in the report (0: the summary alone)
 
     @property
     def policy(self) -> Policy:

@@ -538,3 +538,27 @@ def test_events_carry_the_ecs_fields_siem_rules_key_on(tmp_path: Path) -> None:
     duration = end["event"]["duration"]  # nanoseconds, an integer, as ECS defines it
     assert isinstance(duration, int)
     assert abs(duration / 1e9 - end["summary"]["seconds"]) <= 0.0005
+
+
+def test_a_nightly_report_can_stay_short(tree: Path, manifest: Path) -> None:
+    """--max-findings N shows the first N (by path) and how many more; --summary-only none.
+
+    Either way the summary and the exit code count every finding (AIDE's report_level).
+    """
+    assert integrityd("init", "-m", manifest, tree).returncode == 0
+    for name in ("a.txt", "sub/c.txt", "sub/deep/d.txt"):
+        (tree / name).write_text("changed\n")
+    r = integrityd("check", "-m", manifest, "--max-findings", "1", tree)
+    assert r.returncode == 4
+    assert r.stdout.count("modified   /") == 1
+    assert f"modified   {tree / 'a.txt'}" in r.stdout
+    assert "... and 2 more findings (the summary counts them all)" in r.stdout
+    assert "modified 3" in r.stdout
+    r = integrityd("check", "-m", manifest, "--summary-only", tree)
+    assert r.returncode == 4
+    assert "modified   /" not in r.stdout
+    assert "modified 3" in r.stdout
+    r = integrityd("check", "-m", manifest, "--max-findings", "2", "--json", tree)
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [e["event"]["action"] for e in lines] == ["modified", "modified", "summary"]
+    assert lines[-1]["summary"]["modified"] == 3

@@ -6,7 +6,12 @@ round, then --runs rounds in which each tool runs once, with the tree in the pag
 cache), and prints a table of medians, files/s, MB/s, summed peak RSS, and ratios to
 the best peer and to the SHA-256 limit (cores x one-core hashlib speed). Tools that
 are not installed are skipped.
+With --cold (root only: it says so and refuses otherwise) the page cache is dropped
+before every run of every tool, there is no warm-up round, and the peers are rhash at
+-P2, -P4, -P8 and -P16 (via xargs) and parallel cat at the same depths, whose best is
+the device's read limit ("vs read limit"). "vs best peer" is against the best rhash.
 Usage: python benchmarks/bench.py [--corpus small,mixed,large,dirs,large32] [--runs 3]
+                                  [--cold]
 """
 
 from __future__ import annotations
@@ -223,6 +228,27 @@ def commands(root: Path, work: Path, workers: int) -> dict[str, tuple[str, str |
     return cmds
 
 
+COLD_DEPTHS = (2, 4, 8, 16)
+DROP = "sync && echo 3 > /proc/sys/vm/drop_caches"
+
+
+def cold_commands(root: Path, work: Path, workers: int) -> dict[str, tuple[str, str | None]]:
+    """The cold table: integrityd beside rhash and cat at several depths, each after a drop."""
+    exe = shlex.join(INTEGRITYD)
+    m = work / "m.db"
+    files = corpus_files(root)
+    cmds: dict[str, tuple[str, str | None]] = {
+        "integrityd check": (f"{exe} check -m {m} -j {workers} --no-progress", DROP),
+        "integrityd verify": (f"{exe} verify -m {m} -j {workers} --no-progress", DROP),
+    }
+    for depth in COLD_DEPTHS:
+        find = xargs(root, depth, files)
+        if shutil.which("rhash"):
+            cmds[f"rhash --sha256 -P{depth}"] = (f"{find} rhash --sha256", DROP)
+        cmds[f"cat -P{depth} (read limit)"] = (f"{find} cat > /dev/null", DROP)
+    return cmds
+
+
 def prepare(root: Path, work: Path, workers: int) -> None:
     """Baselines the check-style tools need, made once outside the timing."""
     subprocess.run(
@@ -252,7 +278,15 @@ def main() -> int:
     ap.add_argument("--dir", type=Path, default=HERE / "corpus", help="where corpora are built")
     ap.add_argument("--seed", type=int, default=20261125)
     ap.add_argument("--only", default="", help="comma-separated tool name prefixes to run")
+    ap.add_argument(
+        "--cold", action="store_true", help="drop the page cache before every run (root)"
+    )
     args = ap.parse_args()
+    if args.cold and os.geteuid() != 0:
+        print("bench.py --cold drops the page cache before every run: run it as root")
+        return 2
+    if args.cold:
+        print("# --cold: the page cache is dropped (sync; drop_caches=3) before every run\n")
 
     use_package()
     limit = one_core_sha256() * args.workers
@@ -260,9 +294,8 @@ def main() -> int:
         f"# {os.uname().nodename}: {args.workers} workers, "
         f"one-core hashlib.sha256 x {args.workers} = {limit / 1e9:.2f} GB/s\n"
     )
-    header = (
-        "| corpus | tool | median s | files/s | MB/s | peak RSS MiB | vs best peer | vs SHA limit |"
-    )
+    last = "vs read limit" if args.cold else "vs SHA limit"
+    header = f"| corpus | tool | median s | files/s | MB/s | peak RSS MiB | vs best peer | {last} |"
     print(header)
     print("|---|---|---|---|---|---|---|---|")
     for name in args.corpus.split(","):
@@ -271,7 +304,7 @@ def main() -> int:
         files, nbytes = tree_stats(root)
         with tempfile.TemporaryDirectory(prefix="integrityd-bench-") as tmp:
             work = Path(tmp)
-            cmds = commands(root, work, args.workers)
+            cmds = (cold_commands if args.cold else commands)(root, work, args.workers)
             prepare(root, work, args.workers)
             tools = [
                 tool
@@ -282,7 +315,7 @@ def main() -> int:
             peak: dict[str, int] = dict.fromkeys(tools, 0)
             # Round-robin: every tool once per round, so that a noisy minute on a shared
             # machine slows all tools alike instead of one tool's runs.
-            for i in range(args.runs + 1):
+            for i in range(0 if args.cold else 1, args.runs + 1):  # cold: no warm-up
                 for tool in tools:
                     cmd, setup = cmds[tool]
                     if setup:
@@ -292,14 +325,19 @@ def main() -> int:
                         times[tool].append(t)
                         peak[tool] = max(peak[tool], r)
             results = {tool: (statistics.median(times[tool]), peak[tool]) for tool in tools}
-            peers = [t for tool, (t, _) in results.items() if not tool.startswith("integrityd")]
+            peers = [
+                t for tool, (t, _) in results.items() if not tool.startswith(("integrityd", "cat"))
+            ]
             best = min(peers) if peers else None
+            reads = [t for tool, (t, _) in results.items() if tool.startswith("cat")]
             for tool, (t, rss) in results.items():
                 ratio = f"{best / t:.2f}x" if best else "-"
                 rss_text = f"{rss / 2**20:.0f}" if rss else "-"
+                # Cold: the share of the device's read rate (the best cat); warm: of SHA-256.
+                versus = f"{min(reads) / t:.0%}" if reads else f"{nbytes / t / limit:.0%}"
                 print(
                     f"| {name} | {tool} | {t:.3f} | {files / t:,.0f} | {nbytes / t / 1e6:,.0f} | "
-                    f"{rss_text} | {ratio} | {nbytes / t / limit:.0%} |"
+                    f"{rss_text} | {ratio} | {versus} |"
                 )
     print(
         f"\n{', '.join(f'{c.name}: {c.describe}' for c in CORPORA.values())}. "

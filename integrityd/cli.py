@@ -139,7 +139,13 @@ def _audit(command: Command, args: argparse.Namespace, budget: Budget | None = N
         min_seq=_min_seq(args, cfg),
         argv=tuple(sys.argv[1:]),
         max_findings=0 if args.summary_only else args.max_findings,
+        packages=cfg.packages.database() if POLICIES[command].compares else None,
     )
+    if POLICIES[command].by_package and job.packages is None:
+        raise UsageError(
+            f"accept --packages needs a package database: {cfg.packages.dpkg_admindir}/status "
+            "not found, or packages.manager is none"
+        )
     summary = audit.run(job, cfg, budget)
     if metrics_file := args.metrics_file or cfg.metrics.textfile:
         from integrityd.metrics import write_textfile  # noqa: PLC0415 - see the module docstring
@@ -187,10 +193,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_accept(args: argparse.Namespace) -> int:
-    if args.grown:
+    if args.grown and args.packages:
+        raise UsageError("accept takes --grown or --packages, not both: run one after the other")
+    if args.grown or args.packages:
         if args.all:
-            raise UsageError("accept --grown takes PATHs or none (every root), not --all")
-        return _audit("accept-grown", args)
+            flag = "--grown" if args.grown else "--packages"
+            raise UsageError(f"accept {flag} takes PATHs or none (every root), not --all")
+        return _audit("accept-grown" if args.grown else "accept-packages", args)
     if bool(args.all) == bool(args.paths):
         raise UsageError("accept needs either --all or the PATHs whose changes to accept")
     return _audit("accept", args)
@@ -531,6 +540,12 @@ def _parser() -> argparse.ArgumentParser:
         "--grown",
         action="store_true",
         help="accept only files that grew or were rotated under a 'grow' rule (logs)",
+    )
+    acc.add_argument(
+        "--packages",
+        action="store_true",
+        help="accept only files whose new content matches the package database (after an "
+        "upgrade), with nothing else changed",
     )
     acc.add_argument("paths", nargs="*", metavar="PATH")
 

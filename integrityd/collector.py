@@ -40,12 +40,15 @@ from integrityd.messages import (
     Summary,
     TaskResult,
 )
+from integrityd.packages import Attributor, Dpkg, acceptable
+from integrityd.paths import join
 from integrityd.report import (
     FINDING_BITS,
     Context,
     Progress,
     count,
     event,
+    package_name,
     summary_event,
     summary_text,
     text_lines,
@@ -153,6 +156,11 @@ def _say_unrecorded(store: ManifestStore) -> None:
         )
 
 
+def _attributor(job: Job) -> Attributor | None:
+    """The package database's lookups for a job that has one (packages.py)."""
+    return None if job.packages is None else Attributor(Dpkg(job.packages))
+
+
 def _failure(e: Exception) -> Failed:
     """What main is told when the collector cannot go on: ours, or a bug (logged here)."""
     if isinstance(e, IntegritydError):
@@ -187,6 +195,8 @@ class _Collector:
         self.unverified = 0
         self.progress = Progress(sys.stderr if job.progress else None, job.policy.verb)
         self.checkpoint = time.monotonic()
+        self.packages = _attributor(job)
+        self.declined = 0  # accept --packages: findings no package vouches for, left as they are
         if job.progress and job.policy.counts_total:
             totals = [store.totals_below(s.start) for s in job.scopes]
             self.progress.set_total(sum(n + 1 for n, _ in totals), sum(b for _, b in totals))
@@ -205,14 +215,23 @@ class _Collector:
     def report(self, r: TaskResult) -> None:
         self.files += r.files
         self.bytes += r.nbytes
+        declined: set[bytes] = set()
         for f in r.findings:
-            self.record(f)
+            package = self.packages.package(f) if self.packages is not None else None
+            if self.job.policy.by_package and not acceptable(f, package):
+                declined.add(f.path)  # neither written nor shown: `check` shows it
+                continue
+            self.record(f, package)
+        self.declined += len(declined)
         for path, kind, message in r.unreadable_dirs:
             self.record(_unlisted(path, kind, message, self.store.lookup(path)))
             self.unverified += self.store.count_below(path)
         if self.store.writable:
-            if r.rows:
-                self.store.write(r.rows)
+            rows = r.rows
+            if declined:
+                rows = [row for row in rows if join(bytes(row[0]), row[1]) not in declined]  # type: ignore[arg-type, call-overload]
+            if rows:
+                self.store.write(rows)
             if r.deletes:
                 self.store.delete(r.deletes)
             if r.verified:
@@ -222,11 +241,11 @@ class _Collector:
                     self.checkpoint = time.monotonic()
         self.progress.update(self.files, self.bytes)
 
-    def record(self, f: Finding) -> None:
+    def record(self, f: Finding, package: dict[str, Any] | None = None) -> None:
         self.counts[f.action] += 1
         if f.action != "unreadable" and f.new is not None and f.new.error_type is not None:
             self.unverified += 1  # a change lstat() showed; the content itself went unread
-        data = json.dumps(event(f, self.job.command, self.ecs), ensure_ascii=False)
+        data = json.dumps(event(f, self.job.command, self.ecs, package), ensure_ascii=False)
         self.store.add_finding(f.path, data)
 
     def finish(self) -> Summary:
@@ -239,6 +258,13 @@ class _Collector:
                     except OSError:
                         device = 0
                     self.store.put_root(scope.root, device)
+        if self.declined:
+            log.warning(
+                "packages_declined",
+                message=f"{count(self.declined, 'changed file')} left as they are: no package "
+                "vouches for them (`integrityd check` shows them)",
+                files=self.declined,
+            )
         verification = self.verification() if self.job.policy.verifies else None
         status = 0
         for kind, n in self.counts.items():
@@ -279,14 +305,30 @@ class _Collector:
         limit = self.job.max_findings
         try:
             shown = 0
+            # The text report sets apart what packages changed, each under a heading, after
+            # everything else: an intruder's file does not drown among an upgrade's.
+            by_package: dict[str, list[dict[str, Any]]] = {}
             for data in self.store.findings():
                 if limit is not None and shown >= limit:
                     break
-                shown += 1
                 if self.job.json:
                     out.write(data + "\n")
+                elif (ev := json.loads(data)).get("package", {}).get("matches"):
+                    by_package.setdefault(package_name(ev["package"]), []).append(ev)
+                    continue
                 else:
-                    out.write("\n".join(text_lines(json.loads(data))) + "\n")
+                    out.write("\n".join(text_lines(ev)) + "\n")
+                shown += 1
+            for name, events in sorted(by_package.items()):
+                if limit is not None and shown >= limit:
+                    break
+                out.write(
+                    f"changed by package {name}, matching the package database: "
+                    f"{count(len(events), 'file')}\n"
+                )
+                for ev in events[: None if limit is None else limit - shown]:
+                    out.write("\n".join("  " + line for line in text_lines(ev, False)) + "\n")
+                    shown += 1
             left = sum(self.counts.values()) - shown
             if limit is not None and left > 0 and not self.job.json:
                 out.write(f"... and {count(left, 'more finding')} (the summary counts them all)\n")
@@ -421,6 +463,7 @@ class _Live:
             trusted=job.trusted,
         )
         self.reported = _Reported()
+        self.packages = _attributor(job)
         self.counts: Counter[str] = Counter()
         self.files = 0
         self.bytes = 0
@@ -438,6 +481,8 @@ class _Live:
             elif isinstance(msg, Ping):
                 ctl.send(LiveStats(self.files, sum(self.counts.values())))
             elif isinstance(msg, Job):
+                if msg.packages != self.job.packages:
+                    self.packages = _attributor(msg)
                 self.job = msg  # reloaded: new roots, new output and log settings
                 logsetup.configure(msg.log)
                 log.debug("reconfigured", process="collector", pid=os.getpid())
@@ -479,7 +524,8 @@ class _Live:
 
     def emit(self, f: Finding) -> None:
         self.counts[f.action] += 1
-        e = event(f, "watch", self.ecs)
+        package = self.packages.package(f) if self.packages is not None else None
+        e = event(f, "watch", self.ecs, package)
         out = sys.stdout
         if self.job.json:
             out.write(json.dumps(e, ensure_ascii=False) + "\n")

@@ -122,6 +122,30 @@ class SigningConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PackagesConfig:
+    """The package database that findings are looked up in (packages.py)."""
+
+    # auto: dpkg where its database exists; none: no lookups
+    manager: Literal["auto", "dpkg", "none"] = "auto"
+    dpkg_admindir: str = "/var/lib/dpkg"  # as dpkg's --admindir
+
+    def __post_init__(self) -> None:
+        if self.manager not in ("auto", "dpkg", "none"):
+            msg = f"must be auto, dpkg or none, got {self.manager!r}"
+            raise ValueError(msg)
+
+    def database(self) -> str | None:
+        """The dpkg admin directory to read, or None where no lookups are made."""
+        if self.manager == "none":
+            return None
+        if self.manager == "auto" and not os.path.exists(
+            os.path.join(self.dpkg_admindir, "status")
+        ):
+            return None
+        return self.dpkg_admindir
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class WatchConfig:
     """The daemon's timing; see the README's config reference."""
 
@@ -156,6 +180,7 @@ class Config:
     watch: WatchConfig = field(default_factory=WatchConfig)
     signing: SigningConfig = field(default_factory=SigningConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    packages: PackagesConfig = field(default_factory=PackagesConfig)
 
     def __post_init__(self) -> None:
         if self.workers < 0:

@@ -18,6 +18,7 @@ from integrityd.config import (
     Config,
     LogConfig,
     MetricsConfig,
+    PackagesConfig,
     RootConfig,
     Rule,
     SigningConfig,
@@ -211,7 +212,8 @@ class _Builder:
                 report = self.typed(m["report"], "report", str, "text or json")
                 values["report"] = self.valid(m["report"], "report", report)
         sections = {
-            "log": self.log, "watch": self.watch, "signing": self.signing, "metrics": self.metrics
+            "log": self.log, "watch": self.watch, "signing": self.signing, "metrics": self.metrics,
+            "packages": self.packages,
         }  # fmt: skip
         for key, build in sections.items():
             if key in m:
@@ -241,6 +243,23 @@ class _Builder:
                     raise self.error(m["listen"], "metrics.listen", str(e)) from e
                 values["listen"] = listen
         return MetricsConfig(**values)
+
+    def packages(self, node: yaml.Node) -> PackagesConfig:
+        m = self.mapping(node, "packages", {"manager", "dpkg_admindir"})
+        values: dict[str, Any] = {}
+        if "manager" in m:
+            with self.each():
+                manager = self.typed(m["manager"], "packages.manager", str, "auto, dpkg or none")
+                try:
+                    values["manager"] = PackagesConfig(manager=manager).manager
+                except ValueError as e:
+                    raise self.error(m["manager"], "packages.manager", str(e)) from e
+        if "dpkg_admindir" in m:
+            with self.each():
+                values["dpkg_admindir"] = self.file_path(
+                    m["dpkg_admindir"], "packages.dpkg_admindir"
+                )
+        return PackagesConfig(**values)
 
     def signing(self, node: yaml.Node) -> SigningConfig:
         m = self.mapping(node, "signing", {"private_key", "public_key", "min_seq"})

@@ -189,6 +189,7 @@ def run(
             json=json_out,
             progress=False,
             log=cfg.log,
+            packages=cfg.packages.database(),
             **_seal(cfg, verify_key, min_seq),
         )
         ctx = multiprocessing.get_context("forkserver")  # cli starts it early, with a preload
@@ -447,7 +448,9 @@ class Daemon:
             log.warning(
                 "reload_partial", message="these settings need a restart", keys=plan.restart_needed
             )
-        job = dataclasses.replace(self.job, scopes=plan.scopes, log=cfg.log, **sealed)
+        job = dataclasses.replace(
+            self.job, scopes=plan.scopes, log=cfg.log, packages=cfg.packages.database(), **sealed
+        )
         self.signature = check_seal(job, everything=True).event()  # else exit 22
         self.job = job
         logsetup.configure(cfg.log)  # here; the workers and the collector on the new Job

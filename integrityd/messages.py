@@ -137,6 +137,7 @@ class Job:
     trusted: Trusted | None = None  # what the collector checked of the seal (Ready)
     argv: tuple[str, ...] = ()  # the command line, for the change log
     max_findings: int | None = None  # findings in the report (0: the summary alone)
+    packages: str | None = None  # dpkg's admin directory, to look findings up in (packages.py)
 
     @property
     def policy(self) -> Policy:

@@ -14,7 +14,7 @@ from typing import Literal
 
 from integrityd.errors import ExitCode
 
-Command = Literal["init", "check", "accept", "accept-grown", "verify", "watch"]
+Command = Literal["init", "check", "accept", "accept-grown", "accept-packages", "verify", "watch"]
 Mode = Literal["read", "progress", "write", "create"]
 """How the collector opens the manifest; ``progress``: write if it may, else read."""
 Ending = Literal["", "differences", "accepted"]
@@ -41,6 +41,9 @@ class Policy:
     # A writer that accepts only these findings (and writes nothing else: no new file, no
     # removal); None: all of them.
     accepts: frozenset[str] | None = None
+    # accept --packages: of those findings, the collector writes only what the package
+    # database vouches for (packages.acceptable); the rest are neither written nor shown.
+    by_package: bool = False
     logged_as: str = ""  # a writer's action in the change log (changelog.py)
 
 
@@ -72,6 +75,13 @@ POLICIES: dict[Command, Policy] = {
             compares=True, verifies=False, walks=True, live=False, checks_device=False,
             counts_total=True, verb="re-hashing", ending="accepted", exit_bits=_INCOMPLETE,
             accepts=frozenset({"grown", "rotated"}), logged_as="accept",
+        ),
+        Policy(
+            command="accept-packages", manifest="write", needs_baseline=True, writes=True,
+            compares=True, verifies=False, walks=True, live=False, checks_device=False,
+            counts_total=True, verb="re-hashing", ending="accepted", exit_bits=_INCOMPLETE,
+            accepts=frozenset({"added", "modified", "backdated", "metadata"}),
+            by_package=True, logged_as="accept",
         ),
         Policy(
             command="verify", manifest="progress", needs_baseline=True, writes=False,

@@ -198,11 +198,17 @@ def risks(old: FileState | None, new: FileState | None) -> list[str]:
     return out
 
 
-def event(f: Finding, command: str, ctx: Context | None = None) -> dict[str, Any]:
+def event(
+    f: Finding,
+    command: str,
+    ctx: Context | None = None,
+    package: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """One finding as an ECS event: ``file`` is now, ``baseline`` is what was recorded.
 
     ``event.outcome`` is ``failure`` where the file could not be verified (it carries an
     ``error``), ``success`` otherwise: the check itself worked, whatever it found.
+    ``package``: what the package database says of the file (packages.py), if it owns it.
     """
     unread = f.new is not None and f.new.error_type is not None
     d: dict[str, Any] = {
@@ -227,8 +233,13 @@ def event(f: Finding, command: str, ctx: Context | None = None) -> dict[str, Any
         d["changes"] = list(f.changes)
     if f.new is not None and f.new.error_type is not None:
         d["error"] = {"type": f.new.error_type, "message": f.new.error}
+    if package is not None:
+        d["package"] = package
     ours: dict[str, Any] = {}
-    if risk := risks(f.old, f.new):
+    risk = risks(f.old, f.new)
+    if package is not None and not package["matches"] and not package.get("conffile"):
+        risk.append("package_mismatch")  # a package's file that is not the package's
+    if risk:
         ours["risk"] = risk
     if f.reason is not None:
         ours["reason"] = f.reason
@@ -309,13 +320,19 @@ def visible(text: str) -> str:
     )
 
 
-def text_lines(ev: dict[str, Any]) -> list[str]:
-    """A finding for people: the action and path, then each change as old → new."""
+def text_lines(ev: dict[str, Any], package: bool = True) -> list[str]:
+    """A finding for people: the action and path, then each change as old → new.
+
+    ``package``: say what the package database says of the file (False under a heading
+    that says it for a group).
+    """
     action = ev["event"]["action"]
     lines = [f"{action:<11}{visible(ev['file']['path'])}"]
     ours = ev.get("integrityd", {})
-    if risk := ours.get("risk"):
+    if risk := [r for r in ours.get("risk", ()) if r != "package_mismatch"]:
         lines.append(f"{'':13}! {', '.join(risk).replace('_', ' ')}")
+    if package and (owner := ev.get("package")):
+        lines.append(f"{'':13}{_package_line(owner)}")
     if "rotated_to" in ours:
         lines.append(f"{'':13}rotated to {visible(ours['rotated_to'])}")
     if "reason" in ours:
@@ -330,6 +347,20 @@ def text_lines(ev: dict[str, Any]) -> list[str]:
             f"{'':13}{why}" if action == "unreadable" else f"{'':13}content  not read: {why}"
         )
     return lines
+
+
+def package_name(package: dict[str, Any]) -> str:
+    """``coreutils 9.1-1 (dpkg)``: a package as the text report names it."""
+    return f"{package['name']} {package['version']} ({package['manager']})".replace("  ", " ")
+
+
+def _package_line(package: dict[str, Any]) -> str:
+    name = package_name(package)
+    if package["matches"]:
+        return f"package  {name}: matches the package database"
+    if package.get("conffile"):
+        return f"package  conffile of {name}: differs from the package's (edited here?)"
+    return f"! PACKAGE MISMATCH: owned by {name}, but not its content"
 
 
 def count(n: int, word: str, words: str | None = None) -> str:

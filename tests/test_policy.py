@@ -27,9 +27,15 @@ def test_every_command_has_one_row_and_rows_are_frozen() -> None:
 def test_only_init_and_accept_write_and_their_status_keeps_only_incomplete() -> None:
     """What init and accept find becomes the baseline: of their findings only bit 8 counts."""
     writers = {c for c, p in POLICIES.items() if p.writes}
-    assert writers == {"init", "accept", "accept-grown"}
+    assert writers == {"init", "accept", "accept-grown", "accept-packages"}
     assert POLICIES["accept-grown"].accepts == frozenset({"grown", "rotated"})
-    assert all(POLICIES[c].accepts is None for c in POLICIES if c != "accept-grown")
+    # accept --packages: never a removal, and the collector vets each of these further
+    assert POLICIES["accept-packages"].accepts == frozenset(
+        {"added", "modified", "backdated", "metadata"}
+    )
+    assert [c for c in POLICIES if POLICIES[c].by_package] == ["accept-packages"]
+    partial = ("accept-grown", "accept-packages")
+    assert all(POLICIES[c].accepts is None for c in POLICIES if c not in partial)
     assert {POLICIES[c].exit_bits for c in writers} == {ExitCode.INCOMPLETE}
     assert not any(p.writes for p in POLICIES.values() if p.manifest == "read")
 

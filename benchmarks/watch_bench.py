@@ -14,6 +14,10 @@ READY=1 and the catch-up scan, then measure
   before the write to the arrival of its event on the daemon's stdout (p50, p99, max);
 * storm: every file of the tree rewritten as fast as one writer can, timed until the
   last of their events arrives, and checked for completeness (none lost);
+* creation storms: as many files in new directories, written while the daemon works,
+  and again with its hash workers stopped until the last is written (the backlog's
+  memory bound, whatever this machine's writer speed); summed RSS sampled 5 times a
+  second;
 
 and prints a table. Usage: python benchmarks/watch_bench.py [--files 100000] [--dirs 10000]
 """
@@ -26,6 +30,7 @@ import os
 import queue
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -214,21 +219,39 @@ def latency_during_scan(d: Daemon, files: list[Path], seed: int) -> tuple[str, d
         ms.append(change(d, files[rng.randrange(len(files))], b"in scan %d" % len(ms)))
 
 
-def await_all(d: Daemon, missing: set[str]) -> float:
+class RssPeak:
+    """The largest summed RSS of the daemon's processes, sampled five times a second."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = 0.0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.2):
+            self.peak = max(self.peak, rss_mib(self.pid))
+
+    def stop(self) -> float:
+        """Stop sampling; the peak."""
+        self._done.set()
+        self._thread.join()
+        return self.peak
+
+
+def await_all(d: Daemon, missing: set[str], sampler: RssPeak) -> float:
     """Take events until every path in ``missing`` has one (or none came for 120 s).
 
     ``missing`` keeps what never came; the return value is the largest summed RSS seen.
     """
-    peak = 0.0
     while missing:
         try:
             _, e = d.event(timeout=120)
         except queue.Empty:
             break
         missing.discard(e["file"]["path"])
-        if len(missing) % 5000 == 0:
-            peak = max(peak, rss_mib(d.proc.pid))
-    return peak
+    return sampler.stop()
 
 
 def storm(d: Daemon, files: list[Path]) -> tuple[str, str]:
@@ -239,11 +262,12 @@ def storm(d: Daemon, files: list[Path]) -> tuple[str, str]:
     """
     d.forget_events()
     missing = {str(p) for p in files}
+    sampler = RssPeak(d.proc.pid)
     start = time.monotonic()
     for p in files:
         p.write_bytes(b"storm %d\n" % RUN)
     written = time.monotonic() - start
-    peak = await_all(d, missing)
+    peak = await_all(d, missing, sampler)
     took = time.monotonic() - start
     lost = len(missing)
     rate = len(files) / took
@@ -254,11 +278,23 @@ def storm(d: Daemon, files: list[Path]) -> tuple[str, str]:
     )
 
 
-def creation_storm(d: Daemon, root: Path, files: int, dirs: int) -> tuple[str, str]:
-    """Like `tar x`: new directories full of new files, as fast as one writer can."""
+def creation_storm(
+    d: Daemon, root: Path, files: int, dirs: int, stopped: bool = False
+) -> tuple[str, str]:
+    """Like `tar x`: new directories full of new files, as fast as one writer can.
+
+    ``stopped``: the hash workers SIGSTOPped while the files are written (then SIGCONTed),
+    so that every event waits in the daemon's memory, however fast this machine's
+    writer is next to its hashing: the backlog's memory bound, measured.
+    """
     d.forget_events()
-    base = root / f"new-{RUN}"
+    base = root / f"new-{RUN}-{int(stopped)}"
     missing: set[str] = set()
+    hashers = [p for p in descendants(d.proc.pid) if _comm(p) == "integrityd-hash"]
+    if stopped:
+        for p in hashers:
+            os.kill(p, signal.SIGSTOP)
+    sampler = RssPeak(d.proc.pid)
     start = time.monotonic()
     for i in range(files):
         directory = base / f"d{i % dirs:04d}"
@@ -270,7 +306,10 @@ def creation_storm(d: Daemon, root: Path, files: int, dirs: int) -> tuple[str, s
         missing.add(str(path))
     missing.add(str(base))
     written = time.monotonic() - start
-    peak = await_all(d, missing)
+    if stopped:
+        for p in hashers:
+            os.kill(p, signal.SIGCONT)
+    peak = await_all(d, missing, sampler)
     took = time.monotonic() - start
     shutil.rmtree(base)
     return (
@@ -278,6 +317,29 @@ def creation_storm(d: Daemon, root: Path, files: int, dirs: int) -> tuple[str, s
         f"write, lost {len(missing)}",
         f"{peak:.1f} MiB",
     )
+
+
+def storms(d: Daemon, root: Path, files: list[Path]) -> list[tuple[str, str]]:
+    """The three storms' rows: rewrites, creations, and creations with no hashing."""
+    rows = []
+    result, peak = storm(d, files)
+    rows.append((f"storm: {len(files):,} files rewritten", result))
+    rows.append(("RSS during the storm (max sampled)", peak))
+    result, peak = creation_storm(d, root, len(files), max(1, len(files) // 100))
+    rows.append((f"new: {len(files):,} files in {len(files) // 100:,} new dirs", result))
+    rows.append(("RSS while they were created (max sampled)", peak))
+    result, peak = creation_storm(d, root, len(files), max(1, len(files) // 100), True)
+    rows.append(("the same with the hash workers stopped meanwhile", result))
+    rows.append(("RSS while they waited (max sampled)", peak))
+    return rows
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def main() -> int:
@@ -322,12 +384,7 @@ def main() -> int:
 
         lat = latency(d, files, args.changes, args.seed)
         rows.append((f"latency, {args.changes} single changes", lat))
-        result, peak = storm(d, files)
-        rows.append((f"storm: {len(files):,} files rewritten", result))
-        rows.append(("RSS during the storm (max sampled)", peak))
-        result, peak = creation_storm(d, root, len(files), max(1, len(files) // 100))
-        rows.append((f"new: {len(files):,} files in {len(files) // 100:,} new dirs", result))
-        rows.append(("RSS while they were created (max sampled)", peak))
+        rows += storms(d, root, files)
         rows.append(("peak RSS (VmHWM), all processes", f"{rss_mib(d.proc.pid, 'VmHWM'):.1f} MiB"))
         rows.append(("stop (SIGTERM to exit)", f"{d.stop():.2f} s, exit {d.proc.returncode}"))
         warned = sorted({str(w["event"]) for w in d.warnings}) or ["none"]

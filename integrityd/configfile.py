@@ -313,10 +313,15 @@ class _Builder:
             values["max_pending"] = self.typed(
                 m["max_pending"], "watch.max_pending", int, "a number"
             )
-        try:
-            return WatchConfig(**values)
-        except ValueError as e:
-            raise self.error(m["max_pending"], "watch.max_pending", str(e)) from e
+        if "backlog_memory" in m:
+            values["backlog_memory"] = self.size(m["backlog_memory"], "watch.backlog_memory")
+        for name in ("max_pending", "backlog_memory"):  # each checked alone: the key at fault
+            if name in values:
+                try:
+                    WatchConfig(**{name: values[name]})
+                except ValueError as e:
+                    raise self.error(m[name], f"watch.{name}", str(e)) from e
+        return WatchConfig(**values)
 
     def roots(self, node: yaml.Node) -> tuple[RootConfig, ...]:
         if not isinstance(node, yaml.SequenceNode):

@@ -214,7 +214,13 @@ def run(
         changes = Changes(cfg.watch.settle, cfg.watch.max_pending, loop.wake)
         active = frozenset(range(len(scopes)))
         watches = Watches(
-            changes, scopes, active, job.skip, request_scan=scheduler.request, wake=loop.wake
+            changes,
+            scopes,
+            active,
+            job.skip,
+            request_scan=scheduler.request,
+            wake=loop.wake,
+            backlog_memory=cfg.watch.backlog_memory,
         )
         stack.callback(watches.close)
         pool.start()
@@ -363,6 +369,7 @@ class Daemon:
             findings=stats.findings,
             pending_paths=len(self.changes),
             events_lost=self.watches.overflows_total,
+            backlog_restarts=self.watches.relieved,
             worker_restarts=self.pool.restarts,
             watches=process_watch_count(),
             watch_limit=watch_limit(),
@@ -403,6 +410,7 @@ class Daemon:
     def _housekeeping(self) -> None:
         now = time.monotonic()
         self.watches.lost_events(now)
+        self.watches.memory(now)
         if over := self.changes.take_rescans():
             log.warning(
                 "backlog_full",
@@ -458,6 +466,7 @@ class Daemon:
         self.cfg = plan.config
         self.changes.settle = cfg.watch.settle
         self.changes.max_pending = cfg.watch.max_pending
+        self.watches.backlog_memory = cfg.watch.backlog_memory
         self.pool.reconfigure(self.job)
         self.handle.send(self.job)
         self.active = plan.active

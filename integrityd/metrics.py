@@ -118,6 +118,7 @@ class DaemonGauges:
     findings: int = 0
     pending_paths: int = 0
     events_lost: int = 0
+    backlog_restarts: int = 0
     worker_restarts: int = 0
     watches: int | None = None
     watch_limit: int | None = None
@@ -151,6 +152,11 @@ class _Collector:
             "integrityd_watch_events_lost",
             "inotify queue overflows (each answered by a re-scan)",
             value=g.events_lost,
+        )
+        yield CounterMetricFamily(
+            "integrityd_watch_backlog_restarts",
+            "Observer restarts that dropped a storm's queued events (each with a re-scan)",
+            value=g.backlog_restarts,
         )
         yield CounterMetricFamily(
             "integrityd_watch_worker_restarts", "Workers replaced", value=g.worker_restarts

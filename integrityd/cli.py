@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
     from integrityd.config import Budget, Config
     from integrityd.keys import PublicKey, SigningKey
-    from integrityd.messages import FileState
+    from integrityd.messages import FileState, Summary
     from integrityd.policy import Command
 
 FORKSERVER_PRELOAD = ["integrityd.collector", "integrityd.scan"]
@@ -110,15 +110,50 @@ def _min_seq(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _audit(command: Command, args: argparse.Namespace, budget: Budget | None = None) -> int:
+    cfg = _load(args)
+    metrics_file = args.metrics_file or cfg.metrics.textfile
+    # What the run is about, for the metrics of a run that fails: the PATHs or the
+    # config's roots, and once they are known, the scopes themselves.
+    starts = [_abs(p) for p in args.paths] or [r.path for r in cfg.roots]
+    try:
+        summary = _audit_run(command, args, cfg, budget, starts)
+    except IntegritydError as e:
+        if metrics_file:
+            # A run that failed (a forged manifest: 22) must not leave the last good run's
+            # exit code standing on the dashboards.
+            from integrityd.metrics import failed_summary, write_textfile  # noqa: PLC0415
+
+            with contextlib.suppress(IntegritydError):  # the run's own error is the news
+                write_textfile(metrics_file, failed_summary(command, starts, e.exit_code))
+        raise
+    if metrics_file:
+        from integrityd.metrics import write_textfile  # noqa: PLC0415 - see the module docstring
+
+        write_textfile(metrics_file, summary)
+    if getattr(args, "summary_file", None):
+        from integrityd.report import Context, summary_event  # noqa: PLC0415
+
+        line = json.dumps(summary_event(summary, Context())) + "\n"
+        _save_atomic(args.summary_file, line.encode())
+    return summary.status
+
+
+def _audit_run(
+    command: Command,
+    args: argparse.Namespace,
+    cfg: Config,
+    budget: Budget | None,
+    starts: list[bytes],
+) -> Summary:
     from integrityd import audit  # noqa: PLC0415 - see the module docstring
     from integrityd.manifest import journal_files  # noqa: PLC0415
     from integrityd.messages import Job  # noqa: PLC0415
     from integrityd.scopes import resolve_scopes  # noqa: PLC0415
 
-    cfg = _load(args)
     manifest = _manifest(args, cfg)
     paths = [_abs(p) for p in args.paths]
     scopes = resolve_scopes(command, cfg, manifest, paths)
+    starts[:] = [s.start for s in scopes]
     json_out = args.json or (not sys.stdout.isatty() and cfg.report == "json")
     from integrityd.policy import POLICIES  # noqa: PLC0415
 
@@ -146,17 +181,7 @@ def _audit(command: Command, args: argparse.Namespace, budget: Budget | None = N
             f"accept --packages needs a package database: {cfg.packages.dpkg_admindir}/status "
             "not found, or packages.manager is none"
         )
-    summary = audit.run(job, cfg, budget)
-    if metrics_file := args.metrics_file or cfg.metrics.textfile:
-        from integrityd.metrics import write_textfile  # noqa: PLC0415 - see the module docstring
-
-        write_textfile(metrics_file, summary, [os.fsdecode(s.start) for s in scopes])
-    if getattr(args, "summary_file", None):
-        from integrityd.report import Context, summary_event  # noqa: PLC0415
-
-        line = json.dumps(summary_event(summary, Context())) + "\n"
-        _save_atomic(args.summary_file, line.encode())
-    return summary.status
+    return audit.run(job, cfg, budget)
 
 
 def _save_atomic(path: str, data: bytes) -> None:

@@ -47,6 +47,7 @@ from integrityd.report import (
     Context,
     Progress,
     count,
+    escape_path,
     event,
     package_name,
     summary_event,
@@ -156,6 +157,31 @@ def _say_unrecorded(store: ManifestStore) -> None:
         )
 
 
+class _Tally:
+    """What one scope's tasks examined and found."""
+
+    def __init__(self) -> None:
+        self.files = 0
+        self.bytes = 0
+        self.unverified = 0
+        self.counts: Counter[str] = Counter()
+
+
+def _verification(files: int, stats: list[tuple[int, int | None]]) -> dict[str, float]:
+    """How much of the scopes a verify covered, and how stale the stalest file now is.
+
+    ``stats``: each scope's (baselined files, oldest verification time in ns or None).
+    """
+    total = sum(n for n, _ in stats)
+    firsts = [first for _, first in stats if first is not None]
+    age = (time.time_ns() - min(firsts)) / 1e9 if firsts else 0.0
+    return {
+        "total_files": total,
+        "coverage": round(files / total, 6) if total else 1.0,
+        "oldest_verified_age_s": round(age, 3),
+    }
+
+
 def _attributor(job: Job) -> Attributor | None:
     """The package database's lookups for a job that has one (packages.py)."""
     return None if job.packages is None else Attributor(Dpkg(job.packages))
@@ -197,6 +223,7 @@ class _Collector:
         self.checkpoint = time.monotonic()
         self.packages = _attributor(job)
         self.declined = 0  # accept --packages: findings no package vouches for, left as they are
+        self.scopes = [_Tally() for _ in job.scopes]  # the same totals, per scope
         if job.progress and job.policy.counts_total:
             totals = [store.totals_below(s.start) for s in job.scopes]
             self.progress.set_total(sum(n + 1 for n, _ in totals), sum(b for _, b in totals))
@@ -215,17 +242,22 @@ class _Collector:
     def report(self, r: TaskResult) -> None:
         self.files += r.files
         self.bytes += r.nbytes
+        tally = self.scopes[r.scope] if 0 <= r.scope < len(self.scopes) else _Tally()
+        tally.files += r.files
+        tally.bytes += r.nbytes
         declined: set[bytes] = set()
         for f in r.findings:
             package = self.packages.package(f) if self.packages is not None else None
             if self.job.policy.by_package and not acceptable(f, package):
                 declined.add(f.path)  # neither written nor shown: `check` shows it
                 continue
-            self.record(f, package)
+            self.record(f, tally, package)
         self.declined += len(declined)
         for path, kind, message in r.unreadable_dirs:
-            self.record(_unlisted(path, kind, message, self.store.lookup(path)))
-            self.unverified += self.store.count_below(path)
+            self.record(_unlisted(path, kind, message, self.store.lookup(path)), tally)
+            below = self.store.count_below(path)
+            self.unverified += below
+            tally.unverified += below
         if self.store.writable:
             rows = r.rows
             if declined:
@@ -241,10 +273,12 @@ class _Collector:
                     self.checkpoint = time.monotonic()
         self.progress.update(self.files, self.bytes)
 
-    def record(self, f: Finding, package: dict[str, Any] | None = None) -> None:
+    def record(self, f: Finding, tally: _Tally, package: dict[str, Any] | None = None) -> None:
         self.counts[f.action] += 1
+        tally.counts[f.action] += 1
         if f.action != "unreadable" and f.new is not None and f.new.error_type is not None:
             self.unverified += 1  # a change lstat() showed; the content itself went unread
+            tally.unverified += 1
         data = json.dumps(event(f, self.job.command, self.ecs, package), ensure_ascii=False)
         self.store.add_finding(f.path, data)
 
@@ -265,14 +299,24 @@ class _Collector:
                 "vouches for them (`integrityd check` shows them)",
                 files=self.declined,
             )
-        verification = self.verification() if self.job.policy.verifies else None
-        status = 0
-        for kind, n in self.counts.items():
-            if n:
-                status |= FINDING_BITS[kind]
-        if self.unverified:
-            status |= ExitCode.INCOMPLETE
-        status &= self.job.policy.exit_bits  # what init and accept found is the baseline now
+        stats = (
+            [self.store.verification_stats(s.start) for s in self.job.scopes]
+            if self.job.policy.verifies
+            else []
+        )
+        roots = []
+        for i, (scope, tally) in enumerate(zip(self.job.scopes, self.scopes, strict=True)):
+            root: dict[str, Any] = {
+                "path": escape_path(scope.start),
+                "files": tally.files,
+                "bytes": tally.bytes,
+                "counts": dict(tally.counts),
+                "unverified": tally.unverified,
+                "exit_code": self.status(tally.counts, tally.unverified),
+            }
+            if stats:
+                root |= _verification(tally.files, [stats[i]])
+            roots.append(root)
         return Summary(
             command=self.job.command,
             files=self.files,
@@ -280,24 +324,20 @@ class _Collector:
             seconds=time.monotonic() - self.started,
             counts=dict(self.counts),
             unverified=self.unverified,
-            status=status,
-            verification=verification,
+            status=self.status(self.counts, self.unverified),
+            verification=_verification(self.files, stats) if stats else None,
+            roots=tuple(roots),
         )
 
-    def verification(self) -> dict[str, float]:
-        """How much of the scopes this run covered, and how stale the stalest file now is."""
-        total, oldest = 0, None
-        for scope in self.job.scopes:
-            count, first = self.store.verification_stats(scope.start)
-            total += count
-            if first is not None and (oldest is None or first < oldest):
-                oldest = first
-        age = (time.time_ns() - oldest) / 1e9 if oldest is not None else 0.0
-        return {
-            "total_files": total,
-            "coverage": round(self.files / total, 6) if total else 1.0,
-            "oldest_verified_age_s": round(age, 3),
-        }
+    def status(self, counts: Counter[str], unverified: int) -> int:
+        """The exit bits of these findings, as far as this command's status keeps them."""
+        status = 0
+        for kind, n in counts.items():
+            if n:
+                status |= FINDING_BITS[kind]
+        if unverified:
+            status |= ExitCode.INCOMPLETE
+        return status & self.job.policy.exit_bits  # what init and accept found is the baseline now
 
     def write_report(self, summary: Summary) -> None:
         self.progress.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol, cast
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, cast
 
 from integrityd.config import LogConfig, RootConfig
 from integrityd.keys import PublicKey, SigningKey
@@ -222,6 +222,9 @@ class Summary:
     unverified: int
     status: int
     verification: dict[str, float] | None = None  # verify: coverage and age of the oldest
+    # Per scope (a root, or the PATH given inside one): path, files, bytes, counts,
+    # unverified, status, and verify's coverage; for the JSON summary and the metrics.
+    roots: tuple[dict[str, Any], ...] = ()
     signature: dict[str, object] | None = None  # seal.Info.event(): state, key, seq, digest
 
 
@@ -252,6 +255,7 @@ class TaskResult(NamedTuple):
     # time.monotonic() when the task began (0.0: unknown, older than any): every file in
     # it was read after this. The daemon's collector orders what it hears of a path by it.
     started: float = 0.0
+    scope: int = -1  # the task's index into Job.scopes, for the per-root totals
 
 
 class Hunger(Protocol):

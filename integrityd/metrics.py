@@ -18,51 +18,59 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from integrityd.errors import ConfigError, UsageError
-from integrityd.report import KINDS
+from integrityd.report import KINDS, escape_path
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
 
     from integrityd.messages import Summary
+    from integrityd.policy import Command
 
 SIGNATURE_STATES = ("valid", "unchecked", "unsigned")
 
 
-def _registry_for(summary: Summary, roots: list[str]) -> CollectorRegistry:
+def _registry_for(summary: Summary) -> CollectorRegistry:
+    """Every gauge per root (``root``: the scope's path, a root or a PATH inside one)."""
     from prometheus_client import CollectorRegistry, Gauge  # noqa: PLC0415
 
     reg = CollectorRegistry()
-    labels = {"command": summary.command, "roots": ",".join(roots)}
-    names = list(labels)
+    names = ["command", "root"]
+    now = time.time()
 
-    def gauge(name: str, text: str, value: float, **extra: str) -> None:
-        g = Gauge(name, text, [*names, *extra], registry=reg)
-        g.labels(**labels, **extra).set(value)
+    def gauge(name: str, text: str, extra: tuple[str, ...] = ()) -> Gauge:
+        return Gauge(name, text, [*names, *extra], registry=reg)
 
-    gauge("integrityd_last_run_timestamp_seconds", "When the last run ended", time.time())
-    gauge("integrityd_last_run_duration_seconds", "How long the last run took", summary.seconds)
-    gauge("integrityd_last_run_exit_code", "The last run's exit code", summary.status)
-    gauge("integrityd_last_run_files", "Entries the last run examined", summary.files)
-    gauge("integrityd_last_run_bytes", "Bytes of content the last run hashed", summary.bytes)
-    gauge("integrityd_last_run_unverified_files", "Files not verified", summary.unverified)
-    findings = Gauge(
-        "integrityd_last_run_findings",
-        "Findings of the last run, by action",
-        [*names, "action"],
-        registry=reg,
-    )
-    for action in (*KINDS, *sorted(set(summary.counts) - set(KINDS))):
-        findings.labels(**labels, action=action).set(summary.counts.get(action, 0))
-    if summary.verification:
-        v = summary.verification
-        gauge("integrityd_verify_coverage_ratio", "Share of files verified", v["coverage"])
-        gauge("integrityd_verify_total_files", "Files the verified roots hold", v["total_files"])
-        gauge(
+    ended = gauge("integrityd_last_run_timestamp_seconds", "When the last run ended")
+    took = gauge("integrityd_last_run_duration_seconds", "How long the last run took (all roots)")
+    code = gauge("integrityd_last_run_exit_code", "The last run's exit code for this root")
+    files = gauge("integrityd_last_run_files", "Entries the last run examined")
+    nbytes = gauge("integrityd_last_run_bytes", "Bytes of content the last run hashed")
+    unverified = gauge("integrityd_last_run_unverified_files", "Files not verified")
+    findings = gauge("integrityd_last_run_findings", "Findings of the last run", ("action",))
+    verify = summary.verification is not None
+    if verify:
+        coverage = gauge("integrityd_verify_coverage_ratio", "Share of files verified")
+        total = gauge("integrityd_verify_total_files", "Files the verified root holds")
+        oldest = gauge(
             "integrityd_verify_oldest_age_seconds",
             "Since the least recently verified file was verified",
-            v["oldest_verified_age_s"],
         )
-    _signature(reg, names, labels, summary.signature)
+    for root in summary.roots:
+        labels = {"command": summary.command, "root": root["path"]}
+        ended.labels(**labels).set(now)
+        took.labels(**labels).set(summary.seconds)
+        code.labels(**labels).set(root["exit_code"])
+        files.labels(**labels).set(root["files"])
+        nbytes.labels(**labels).set(root["bytes"])
+        unverified.labels(**labels).set(root["unverified"])
+        counts = root["counts"]
+        for action in (*KINDS, *sorted(set(counts) - set(KINDS))):
+            findings.labels(**labels, action=action).set(counts.get(action, 0))
+        if verify:
+            coverage.labels(**labels).set(root["coverage"])
+            total.labels(**labels).set(root["total_files"])
+            oldest.labels(**labels).set(root["oldest_verified_age_s"])
+    _signature(reg, ["command"], {"command": summary.command}, summary.signature)
     return reg
 
 
@@ -93,7 +101,20 @@ def _signature(
     seq.labels(**labels).set(float(str(sig.get("seq") or 0)))
 
 
-def write_textfile(path: str, summary: Summary, roots: list[str]) -> None:
+def failed_summary(command: Command, starts: list[bytes], code: int) -> Summary:
+    """The summary of a run that ended with the fatal ``code``: nothing examined, per root."""
+    from integrityd.messages import Summary  # noqa: PLC0415
+
+    roots = tuple(
+        {"path": escape_path(start), "files": 0, "bytes": 0, "counts": {}, "unverified": 0,
+         "exit_code": code}
+        for start in starts
+    )  # fmt: skip
+    return Summary(command=command, files=0, bytes=0, seconds=0.0, counts={},
+                   unverified=0, status=code, roots=roots)  # fmt: skip
+
+
+def write_textfile(path: str, summary: Summary) -> None:
     """Write the run's metrics to ``path`` (node_exporter's textfile), atomically."""
     from prometheus_client import write_to_textfile  # noqa: PLC0415
 
@@ -101,7 +122,7 @@ def write_textfile(path: str, summary: Summary, roots: list[str]) -> None:
     if not os.path.isdir(directory):
         raise UsageError(f"--metrics-file: the directory of {path} does not exist")
     try:
-        write_to_textfile(path, _registry_for(summary, roots))
+        write_to_textfile(path, _registry_for(summary))
     except OSError as e:
         raise UsageError(f"cannot write the metrics file {path}: {e.strerror}") from e
 

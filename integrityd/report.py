@@ -276,8 +276,24 @@ def summary_event(s: Summary, ctx: Context | None = None) -> dict[str, Any]:
             "exit_code": s.status,
             **({"restored": s.counts.get("restored", 0)} if POLICIES[s.command].live else {}),
             **(s.verification or {}),
+            **({"roots": [_root_summary(r) for r in s.roots]} if s.roots else {}),
         },
         **({"signature": s.signature} if s.signature is not None else {}),
+    }
+
+
+def _root_summary(root: dict[str, Any]) -> dict[str, Any]:
+    """One scope's part of the summary: the same keys as the whole, for its subtree."""
+    counts = root["counts"]
+    return {
+        "path": root["path"],
+        "files": root["files"],
+        "bytes": root["bytes"],
+        **{k: counts.get(k, 0) for k in KINDS},
+        **{k: counts[k] for k in GROWTH if counts.get(k)},
+        "unverified": root["unverified"],
+        "exit_code": root["exit_code"],
+        **{k: root[k] for k in ("total_files", "coverage", "oldest_verified_age_s") if k in root},
     }
 
 

@@ -73,7 +73,8 @@ WATCH_TASK_BUDGET_S = 0.0025
 class _Found:
     """What a task has found so far; becomes a TaskResult once the task is done."""
 
-    def __init__(self) -> None:
+    def __init__(self, scope: int = -1) -> None:
+        self.scope = scope
         self.started = time.monotonic()
         self.files = 0
         self.bytes = 0
@@ -96,7 +97,7 @@ class _Found:
     def report(self) -> TaskResult:
         return TaskResult(
             self.files, self.bytes, self.findings, self.rows, self.deletes, self.unreadable_dirs,
-            self.verified, self.matched, self.started,
+            self.verified, self.matched, self.started, self.scope,
         )  # fmt: skip
 
     def flush(self) -> TaskResult:
@@ -185,7 +186,7 @@ class Scanner:
         them and one for this worker. Without this, 15 of 16 workers waited out the first
         task's budget, and the ends of a few long walks decided when a run ended.
         """
-        found = _Found()
+        found = _Found(task.scope)
         if isinstance(task, FileTask):
             return self._files(task, found), found.report(), 0
         spawned: list[Task] = []
@@ -691,11 +692,11 @@ def lost_report(task: Task, reason: str) -> TaskResult:
         lost: list[tuple[bytes, ErrorType, str]] = [
             (path, "worker_died", reason) for path in task.paths
         ]
-        return TaskResult(0, 0, [], [], [], lost, [], [])
+        return TaskResult(0, 0, [], [], [], lost, [], [], scope=task.scope)
     findings = [
         Finding("unreadable", p, None, failed(p, "worker_died", reason)) for p in task.paths
     ]
-    return TaskResult(0, 0, findings, [], [], [], [], [])
+    return TaskResult(0, 0, findings, [], [], [], [], [], scope=task.scope)
 
 
 _IOPRIO_SET = {"x86_64": 251, "aarch64": 30}  # syscall numbers; the stdlib has no wrapper

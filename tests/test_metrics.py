@@ -6,12 +6,13 @@ Both are read back with prometheus_client's own parser.
 from __future__ import annotations
 
 import socket
+import sqlite3
 import urllib.request
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import Watcher, integrityd, wait_for
+from .conftest import Watcher, events, integrityd, wait_for
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -41,9 +42,7 @@ def test_check_and_verify_write_a_textfile_prometheus_parses(
     assert _value(s, "integrityd_last_run_exit_code", command="check") == 4
     assert _value(s, "integrityd_last_run_findings", command="check", action="modified") == 1
     assert _value(s, "integrityd_last_run_findings", command="check", action="added") == 0
-    assert (
-        _value(s, "integrityd_last_run_files", command="check", roots=str(tree)) == 7
-    )  # every entry
+    assert _value(s, "integrityd_last_run_files", command="check", root=str(tree)) == 7  # all
     assert _value(s, "integrityd_signature_state", state="unsigned") == 1
     assert _value(s, "integrityd_signature_seq") == 1
     r = integrityd("verify", "-m", manifest, "--metrics-file", prom)
@@ -54,6 +53,58 @@ def test_check_and_verify_write_a_textfile_prometheus_parses(
     # A directory that does not exist: a usage error, nothing half-written.
     r = integrityd("check", "-m", manifest, tree, "--metrics-file", tmp_path / "no" / "x.prom")
     assert r.returncode == 16
+
+
+def test_every_gauge_is_per_root_and_a_failed_run_says_so(tmp_path: Path, manifest: Path) -> None:
+    """Two roots, a change in one: each root has its own numbers and exit code."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root, n in ((a, 3), (b, 5)):
+        root.mkdir()
+        for i in range(n):
+            (root / f"f{i}").write_bytes(b"%d" % i)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"manifest: {manifest}\nroots:\n  - path: {a}\n  - path: {b}\n")
+    prom = tmp_path / "integrityd.prom"
+    assert integrityd("init", "-c", cfg).returncode == 0
+    (a / "f0").write_bytes(b"changed")
+    (b / "new").write_bytes(b"new")
+    r = integrityd("check", "-c", cfg, "--json", "--metrics-file", prom)
+    assert r.returncode == 1 | 4
+    s = _samples(prom.read_text())
+    assert _value(s, "integrityd_last_run_exit_code", command="check", root=str(a)) == 4
+    assert _value(s, "integrityd_last_run_exit_code", command="check", root=str(b)) == 1
+    assert _value(s, "integrityd_last_run_files", root=str(a)) == 4  # the root and 3 files
+    assert _value(s, "integrityd_last_run_files", root=str(b)) == 7
+    assert _value(s, "integrityd_last_run_bytes", root=str(a)) == len(b"changed12")
+    assert _value(s, "integrityd_last_run_findings", root=str(a), action="modified") == 1
+    assert _value(s, "integrityd_last_run_findings", root=str(a), action="added") == 0
+    assert _value(s, "integrityd_last_run_findings", root=str(b), action="added") == 1
+    assert _value(s, "integrityd_last_run_timestamp_seconds", root=str(b)) > 1.7e9
+    [summary] = [e["summary"] for e in events(r) if e["event"]["action"] == "summary"]
+    assert [(x["path"], x["files"], x["exit_code"]) for x in summary["roots"]] == [
+        (str(a), 4, 4),
+        (str(b), 7, 1),
+    ]
+    integrityd("accept", "--all", "-c", cfg)
+    (b / "f0").unlink()
+    r = integrityd("verify", "-c", cfg, "--metrics-file", prom)
+    assert r.returncode == 2, r.stderr
+    s = _samples(prom.read_text())
+    covered = [_value(s, "integrityd_verify_coverage_ratio", root=str(x)) for x in (a, b)]
+    assert covered == [1.0, round(5 / 6, 6)]  # b's removed file was not verified
+    assert _value(s, "integrityd_verify_total_files", root=str(b)) == 6
+    assert _value(s, "integrityd_verify_oldest_age_seconds", root=str(a)) < 60
+    assert _value(s, "integrityd_last_run_exit_code", command="verify", root=str(b)) == 2
+    # A trigger planted in the manifest: the run is refused (18), and the textfile says so
+    # for every root instead of keeping the last good run's 0.
+    with sqlite3.connect(manifest) as db:
+        db.execute("CREATE TRIGGER planted AFTER INSERT ON files BEGIN SELECT 1; END")
+    r = integrityd("check", "-c", cfg, "--metrics-file", prom)
+    assert r.returncode == 18, r.stderr
+    s = _samples(prom.read_text())
+    assert _value(s, "integrityd_last_run_exit_code", command="check", root=str(a)) == 18
+    assert _value(s, "integrityd_last_run_exit_code", command="check", root=str(b)) == 18
+    assert _value(s, "integrityd_last_run_files", command="check", root=str(b)) == 0
 
 
 def _free_port() -> int:

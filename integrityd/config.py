@@ -155,9 +155,10 @@ class WatchConfig:
     # (measured), 3.7 MiB at the default.
     max_pending: int = 10_000
     # What the main process may grow by while events queue up (watchdog's queues have no
-    # bound) before they are dropped and every root re-scanned: observer.py. With the
-    # other processes' 130 MiB, the storm benchmark's bound of 150 MiB summed RSS.
-    backlog_memory: int = 16 << 20
+    # bound) before they are dropped and every root re-scanned: observer.py. Main rests at
+    # 38 MiB and the other processes take 95-100 in a storm: 16 MiB let the summed RSS
+    # reach 155 MiB in watch_bench's creation storm (measured), over its bound of 150.
+    backlog_memory: int = 8 << 20
 
     def __post_init__(self) -> None:
         if self.rescan_interval < 0 or self.settle < 0:

@@ -57,6 +57,23 @@ MEMORY_CHECK_S = 0.25  # how often the process's RSS is compared with its base
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
+def _give_back_memory() -> None:
+    """Collect the dropped queues and hand the freed heap back to the kernel.
+
+    Python frees the queues' objects, but glibc keeps the pages for reuse, and the RSS
+    would stay where the backlog took it (measured: 49 MiB after a restart, from 37).
+    ``malloc_trim`` returns them. ctypes is imported here only: a daemon that never
+    meets such a storm does not pay for it.
+    """
+    import ctypes  # noqa: PLC0415
+    import ctypes.util  # noqa: PLC0415
+    import gc  # noqa: PLC0415
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+
+
 def own_rss() -> int:
     """The resident set size of this process in bytes (/proc/self/statm, second field)."""
     try:
@@ -86,7 +103,7 @@ class Watches:
         *,
         request_scan: RequestScan,
         wake: Callable[[], None],
-        backlog_memory: int = 16 << 20,
+        backlog_memory: int = 8 << 20,
     ) -> None:
         self._scopes = scopes
         self._active = frozenset(active)
@@ -342,9 +359,12 @@ class Watches:
         )
         self.relieved += 1
         self._stop_observer()
+        _give_back_memory()
         self._start_observer()
         self._request_scan("backlog_memory", self._active)
-        self._rss_base = own_rss()
+        # What C's allocator could not give back stays in the RSS (reused by the next
+        # backlog); counting from there keeps a restart from following each check.
+        self._rss_base = max(self._rss_base, own_rss())
 
     def lost_events(self, now: float) -> None:
         """Say that the kernel dropped events (once per LOST_LOG_S), and ask for a scan."""

@@ -508,6 +508,7 @@ class _Live:
         self.reported = _Reported()
         self.packages = _attributor(job)
         self.counts: Counter[str] = Counter()
+        self.per_scope: dict[int, tuple[int, int]] = {}  # scope -> (files, bytes), for metrics
         self.files = 0
         self.bytes = 0
         self.started = time.monotonic()
@@ -522,7 +523,8 @@ class _Live:
             if isinstance(msg, TaskResult):
                 self.report(msg)
             elif isinstance(msg, Ping):
-                ctl.send(LiveStats(self.files, sum(self.counts.values())))
+                per_scope = tuple((i, f, b) for i, (f, b) in sorted(self.per_scope.items()))
+                ctl.send(LiveStats(self.files, sum(self.counts.values()), per_scope))
             elif isinstance(msg, Job):
                 if msg.packages != self.job.packages:
                     self.packages = _attributor(msg)
@@ -536,6 +538,8 @@ class _Live:
     def report(self, r: TaskResult) -> None:
         self.files += r.files
         self.bytes += r.nbytes
+        files, nbytes = self.per_scope.get(r.scope, (0, 0))
+        self.per_scope[r.scope] = (files + r.files, nbytes + r.nbytes)
         for f in r.findings:
             self.finding(f, r.started)
         for path, kind, message in r.unreadable_dirs:

@@ -367,6 +367,11 @@ class Daemon:
             roots=len(self.active),
             files_checked=stats.files,
             findings=stats.findings,
+            per_root={
+                os.fsdecode(self.job.scopes[i].start): (files, nbytes)
+                for i, files, nbytes in stats.per_scope
+                if 0 <= i < len(self.job.scopes)
+            },
             pending_paths=len(self.changes),
             events_lost=self.watches.overflows_total,
             backlog_restarts=self.watches.relieved,

@@ -184,6 +184,8 @@ class LiveStats:
 
     files: int
     findings: int
+    # By scope (Job.scopes' index): entries checked and bytes hashed since the start
+    per_scope: tuple[tuple[int, int, int], ...] = ()  # (scope, files, bytes)
 
 
 @dataclass(frozen=True, slots=True)

@@ -145,6 +145,7 @@ class DaemonGauges:
     watch_limit: int | None = None
     rss_bytes: int = 0
     scans: dict[str, int] = field(default_factory=dict)  # by reason
+    per_root: dict[str, tuple[int, int]] = field(default_factory=dict)  # files, bytes
     signature: dict[str, object] | None = None
 
 
@@ -166,6 +167,17 @@ class _Collector:
             "integrityd_watch_files_checked", "Entries checked", value=g.files_checked
         )
         yield CounterMetricFamily("integrityd_watch_findings", "Findings", value=g.findings)
+        files = CounterMetricFamily(
+            "integrityd_watch_root_files_checked", "Entries checked, by root", labels=["root"]
+        )
+        nbytes = CounterMetricFamily(
+            "integrityd_watch_root_bytes_hashed", "Bytes hashed, by root", labels=["root"]
+        )
+        for root, (n, b) in sorted(g.per_root.items()):
+            files.add_metric([root], n)
+            nbytes.add_metric([root], b)
+        yield files
+        yield nbytes
         yield GaugeMetricFamily(
             "integrityd_watch_pending_paths", "Paths waiting to be hashed", value=g.pending_paths
         )

@@ -134,6 +134,9 @@ def test_watch_serves_metrics(tree: Path, manifest: Path, tmp_path: Path) -> Non
 
         s = wait_for(scrape, 20, "the finding in /metrics")
         assert _value(s, "integrityd_watch_roots") == 1
+        # The catch-up scan's entries (7) and the change; its bytes at least the new content
+        assert _value(s, "integrityd_watch_root_files_checked_total", root=str(tree)) >= 8
+        assert _value(s, "integrityd_watch_root_bytes_hashed_total", root=str(tree)) >= 8
         assert _value(s, "integrityd_watch_scans_total", reason="startup") == 1
         assert _value(s, "integrityd_watch_events_lost_total") == 0
         assert _value(s, "integrityd_watch_rss_bytes") > 20e6  # main, collector, workers

@@ -350,14 +350,6 @@ def test_a_storm_past_backlog_memory_drops_the_queues_and_loses_nothing(
     assert w.stop() == 0
 
 
-def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
 def test_sighup_adds_and_removes_roots_and_survives_a_broken_config(
     tmp_path: Path, manifest: Path, watcher: Callable[..., Watcher]
 ) -> None:

@@ -114,9 +114,10 @@ def _audit(command: Command, args: argparse.Namespace, budget: Budget | None = N
     metrics_file = args.metrics_file or cfg.metrics.textfile
     # What the run is about, for the metrics of a run that fails: the PATHs or the
     # config's roots, and once they are known, the scopes themselves.
-    starts = [_abs(p) for p in args.paths] or [r.path for r in cfg.roots]
+    paths = [_abs(p) for p in args.paths]
+    starts = list(paths) or [r.path for r in cfg.roots]
     try:
-        summary = _audit_run(command, args, cfg, budget, starts)
+        summary = _audit_run(command, args, cfg, budget, paths=paths, starts=starts)
     except IntegritydError as e:
         if metrics_file:
             # A run that failed (a forged manifest: 22) must not leave the last good run's
@@ -143,15 +144,17 @@ def _audit_run(
     args: argparse.Namespace,
     cfg: Config,
     budget: Budget | None,
+    *,
+    paths: list[bytes],
     starts: list[bytes],
 ) -> Summary:
+    """The run itself; ``starts`` becomes its scopes' paths once they are resolved."""
     from integrityd import audit  # noqa: PLC0415 - see the module docstring
     from integrityd.manifest import journal_files  # noqa: PLC0415
     from integrityd.messages import Job  # noqa: PLC0415
     from integrityd.scopes import resolve_scopes  # noqa: PLC0415
 
     manifest = _manifest(args, cfg)
-    paths = [_abs(p) for p in args.paths]
     scopes = resolve_scopes(command, cfg, manifest, paths)
     starts[:] = [s.start for s in scopes]
     json_out = args.json or (not sys.stdout.isatty() and cfg.report == "json")

@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Benchmark integrityd init/check against rhash, sha256sum, hashdeep and AIDE.
 
-Builds seeded corpora, runs every tool on the same corpus in the same run (a warm-up
-round, then --runs rounds in which each tool runs once, with the tree in the page
-cache), and prints a table of medians, files/s, MB/s, summed peak RSS, and ratios to
-the best peer and to the SHA-256 limit (cores x one-core hashlib speed). Tools that
-are not installed are skipped.
+Builds seeded corpora, runs every tool on the same corpus in the same run (an untimed
+round that warms the caches and samples memory, then --runs timed rounds in which each
+tool runs once, with the tree in the page cache), and prints a table of medians,
+files/s, MB/s, summed peak RSS, and ratios to the best peer and to the SHA-256 limit
+(cores x one-core hashlib speed). Tools that are not installed are skipped.
 With --cold (root only: it says so and refuses otherwise) the page cache is dropped
-before every run of every tool, there is no warm-up round, and the peers are rhash at
+(then a second's pause) before every run of every tool, the untimed round only samples
+memory, and the peers are rhash at
 -P2, -P4, -P8 and -P16 (via xargs) and parallel cat at the same depths, whose best is
 the device's read limit ("vs read limit"). "vs best peer" is against the best rhash.
 Usage: python benchmarks/bench.py [--corpus small,mixed,large,dirs,large32] [--runs 3]
@@ -229,7 +230,9 @@ def commands(root: Path, work: Path, workers: int) -> dict[str, tuple[str, str |
 
 
 COLD_DEPTHS = (2, 4, 8, 16)
-DROP = "sync && echo 3 > /proc/sys/vm/drop_caches"
+# The pause: the drop's own work went on for a moment after it returned (1.5 CPU-seconds
+# measured in the run that followed on the development VM).
+DROP = "sync && echo 3 > /proc/sys/vm/drop_caches && sleep 1"
 
 
 def cold_commands(root: Path, work: Path, workers: int) -> dict[str, tuple[str, str | None]]:
@@ -315,15 +318,19 @@ def main() -> int:
             peak: dict[str, int] = dict.fromkeys(tools, 0)
             # Round-robin: every tool once per round, so that a noisy minute on a shared
             # machine slows all tools alike instead of one tool's runs.
-            for i in range(0 if args.cold else 1, args.runs + 1):  # cold: no warm-up
+            # Round 0 is not timed: it warms the caches (or, cold, is dropped like the
+            # rest) and is the one whose memory is sampled. The sampler reads all of /proc
+            # 50 times a second, which took CPU from the tool it timed on 2 cores.
+            for i in range(args.runs + 1):
                 for tool in tools:
                     cmd, setup = cmds[tool]
                     if setup:
                         subprocess.run(["bash", "-c", setup], check=True)
-                    t, r = timed(cmd, rss=tool.startswith("integrityd"))
-                    if i:  # the first round only warms caches
+                    t, r = timed(cmd, rss=not i and tool.startswith("integrityd"))
+                    if i:
                         times[tool].append(t)
-                        peak[tool] = max(peak[tool], r)
+                    else:
+                        peak[tool] = r
             results = {tool: (statistics.median(times[tool]), peak[tool]) for tool in tools}
             peers = [
                 t for tool, (t, _) in results.items() if not tool.startswith(("integrityd", "cat"))

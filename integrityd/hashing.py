@@ -33,6 +33,7 @@ from typing import overload
 
 from integrityd.attributes import NOT_READ, Extra, from_fd, from_o_path
 from integrityd.failures import describe, error_type, failed, missing
+from integrityd.mapped import MAP_MIN, Mapper
 from integrityd.messages import HINT_FILE, FileState
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
@@ -174,6 +175,9 @@ class Hasher:
         self._next = pace.since if pace is not None else 0.0  # when the next read may start
         self._fs_type = _fs_type_reader()
         self._flag_buf = bytearray(4)  # FS_IOC_GETFLAGS writes here
+        # Large files straight from the page cache (mapped.py); a paced read keeps to
+        # its rate one chunk at a time.
+        self._mapper = Mapper() if pace is None else None
 
     def pseudo(self, directory: int | bytes) -> str | None:
         """The name of the pseudo-filesystem ``directory`` is on (proc, sysfs...), else None.
@@ -192,6 +196,10 @@ class Hasher:
         ``settled_before()`` be used.
         """
         return self._fs_type is not None and self._fs_type(directory) in _LOCAL_CLOCK
+
+    def local(self, directory: int | bytes) -> bool:
+        """True if ``directory`` (a descriptor or a path) is on a local filesystem."""
+        return self.trusts_clock(directory)
 
     @overload
     def state(
@@ -449,6 +457,8 @@ class Hasher:
         the caller reports as a file that changed while it was read.
         """
         h = hashlib.sha256(self._view[:offset])
+        if self._mapper is not None and expected - offset >= MAP_MIN and self.local(fd):
+            offset = self._mapper.hash(h, fd, offset, expected)
         view, size = self._view, len(self._buf)
         limit = expected + size
         while True:

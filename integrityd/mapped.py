@@ -33,6 +33,7 @@ import fcntl
 import mmap
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -63,11 +64,14 @@ class Mapper:
     def _lease_broken(self, _signum: int, _frame: FrameType | None) -> None:
         self._broken = True
 
-    def hash(self, h: _Hash, fd: int, offset: int, end: int) -> int:
+    def hash(
+        self, h: _Hash, fd: int, offset: int, end: int, at: Callable[[int], None] | None = None
+    ) -> int:
         """Feed ``h`` the bytes of ``fd`` from ``offset`` up to ``end``, as far as it can.
 
         Returns the offset it reached: ``offset`` where no mapping could be used, ``end``
-        where all of it was hashed; the caller reads the rest with ``preadv``.
+        where all of it was hashed; the caller reads the rest with ``preadv``. ``at`` is
+        told each offset reached (``prefetch.Streamer.at``).
         """
         if not self.usable or end - offset < MAP_MIN:
             return offset
@@ -77,12 +81,14 @@ class Mapper:
             return offset
         self._broken = False
         try:
-            return self._hash(h, fd, offset, end)
+            return self._hash(h, fd, offset, end, at)
         finally:
             with contextlib.suppress(OSError):  # the kernel takes back a lease held too long
                 fcntl.fcntl(fd, F_SETLEASE, fcntl.F_UNLCK)  # only after the mapping is gone
 
-    def _hash(self, h: _Hash, fd: int, offset: int, end: int) -> int:
+    def _hash(
+        self, h: _Hash, fd: int, offset: int, end: int, at: Callable[[int], None] | None
+    ) -> int:
         try:
             mapping = mmap.mmap(fd, end, mmap.MAP_SHARED, mmap.PROT_READ)
         except (OSError, ValueError):  # shorter than ``end`` since its fstat(), say
@@ -101,6 +107,8 @@ class Mapper:
                 # stays one window, not the file's size.
                 mapping.madvise(mmap.MADV_DONTNEED, start, offset + n - start)
                 offset += n
+                if at is not None:
+                    at(offset)
         finally:
             view.release()
             mapping.close()

@@ -123,11 +123,86 @@ def cold(dir_fd: int | None, name: bytes) -> bool:
     except OSError:
         return False
     try:
-        os.preadv(fd, _PROBE, 0, os.RWF_NOWAIT)
+        return cold_at(fd, 0)
+    finally:
+        os.close(fd)
+
+
+def cold_at(fd: int, offset: int) -> bool:
+    """Whether the byte at ``offset`` of the open file ``fd`` is not in the page cache."""
+    try:
+        os.preadv(fd, _PROBE, offset, os.RWF_NOWAIT)
     except BlockingIOError:
         return True
     except OSError:
         return False
-    finally:
-        os.close(fd)
     return False
+
+
+STREAM_MIN = 16 << 20  # a file this large, cold, is read ahead while it is hashed
+STREAM_STEP = 4 << 20  # asked for at a time
+STREAM_AHEAD = 64 << 20  # at most this far past what the hasher has reached
+
+
+class Streamer:
+    """One thread that keeps a large file's next bytes on their way while it is hashed.
+
+    The kernel's own read-ahead keeps a few MiB in flight for a sequential reader, but a
+    hasher that spends as long on each chunk as the disk does leaves the disk idle half
+    the time. This thread asks for ``STREAM_STEP`` at a time (``posix_fadvise
+    (WILLNEED)``, which may wait when the device's queue is full: here, not in the
+    hasher), up to ``STREAM_AHEAD`` past the hasher's position.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._job: tuple[int, int, int] | None = None  # fd, next offset to ask for, end
+        self._reached = 0
+        self._busy = False
+        self._thread: threading.Thread | None = None
+
+    def start(self, fd: int, offset: int, end: int) -> None:
+        """Read ``fd`` ahead from ``offset`` to ``end``; ``stop`` before closing ``fd``."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="stream", daemon=True)
+            self._thread.start()
+        with self._cond:
+            self._job = (fd, offset, end)
+            self._reached = offset
+            self._cond.notify_all()
+
+    def at(self, offset: int) -> None:
+        """The hasher has reached ``offset``."""
+        if offset - self._reached >= STREAM_STEP:
+            with self._cond:
+                self._reached = offset
+                self._cond.notify_all()
+
+    def stop(self) -> None:
+        """Ask for nothing more, and wait for the request under way: ``fd`` may close."""
+        with self._cond:
+            self._job = None
+            while self._busy:
+                self._cond.wait()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._job is None or self._job[1] >= min(
+                    self._job[2], self._reached + STREAM_AHEAD
+                ):
+                    if self._job is not None and self._job[1] >= self._job[2]:
+                        self._job = None  # all asked for
+                    self._cond.wait()
+                fd, offset, end = self._job
+                self._job = (fd, offset + STREAM_STEP, end)
+                self._busy = True
+            try:
+                os.posix_fadvise(fd, offset, min(STREAM_STEP, end - offset), os.POSIX_FADV_WILLNEED)
+            except OSError:
+                with self._cond:
+                    self._job = None
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()

@@ -135,10 +135,11 @@ class Scanner:
             budget_s = WATCH_TASK_BUDGET_S if self.watches else TASK_BUDGET_S
         self.budget_s = budget_s
         self.budget_entries = budget_entries
-        self.hasher = Hasher(chunk_size, pace)
         # Reading ahead: not where reads are paced (--max-rate, --idle-io), which it
-        # would bypass; a root limited to a few readers (a spinning disk) never uses it.
+        # would bypass; a root limited to a few readers (a spinning disk) never reads
+        # ahead across files, but still streams a large file (one sequential reader).
         paced = pace is not None or job.idle
+        self.hasher = Hasher(chunk_size, pace, stream=bool(job.io_depth) and not paced)
         self.prefetch = Prefetcher(job.io_depth, chunk_size) if job.io_depth and not paced else None
         # The daemon runs for months while people accept changes: no long-lived snapshot.
         # A reader checks what it reads against the seal; a writer's collector checked

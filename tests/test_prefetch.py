@@ -5,12 +5,17 @@ And nothing about a run's findings changes.
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
+import mmap
 import os
 from pathlib import Path
 
 import pytest
 
-from integrityd.prefetch import Prefetcher, cold
+from integrityd.hashing import Hasher
+from integrityd.messages import HINT_FILE
+from integrityd.prefetch import STREAM_AHEAD, STREAM_STEP, Prefetcher, Streamer, cold
 
 from .conftest import findings, integrityd, wait_for
 
@@ -97,3 +102,80 @@ def test_io_depth_is_validated(tmp_path: Path) -> None:
     r = integrityd("config", "check", config)
     assert r.returncode == 17
     assert f"{config}:1: io_depth: must be between 0 and 64, got 65" in r.stderr
+
+
+def resident(path: Path, offset: int, length: int) -> int:
+    """Pages of ``path`` in ``[offset, offset + length)`` that are in the page cache.
+
+    ``mincore`` of a private mapping: unlike a ``RWF_NOWAIT`` probe, looking starts no
+    read. (Linux shows page-cache pages of another's file only to its owner, or root.)
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        # Writable (and private: nothing is ever written) so that ctypes can take its
+        # address.
+        m = mmap.mmap(fd, offset + length, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE)
+    finally:
+        os.close(fd)
+    try:
+        start = ctypes.c_char.from_buffer(m)
+        vec = ctypes.create_string_buffer(-(-length // mmap.PAGESIZE))
+        assert libc.mincore(ctypes.addressof(start) + offset, length, vec) == 0
+        del start
+        return sum(b & 1 for b in vec.raw)
+    finally:
+        m.close()
+
+
+def pages(length: int) -> int:
+    return length // mmap.PAGESIZE
+
+
+@pytest.fixture
+def evicted(tmp_path: Path) -> Path:
+    """A large file none of whose pages is in the page cache."""
+    path = tmp_path / "large"
+    path.write_bytes(os.urandom(STREAM_AHEAD + 4 * STREAM_STEP))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # clean pages: dropped
+    finally:
+        os.close(fd)
+    if resident(path, 0, path.stat().st_size):
+        pytest.skip("this filesystem keeps pages that POSIX_FADV_DONTNEED should drop")
+    return path
+
+
+@pytest.mark.skipif(not ROOT, reason="mincore shows another's page cache to root only")
+def test_streamer_reads_ahead_only_so_far(evicted: Path) -> None:
+    """Up to STREAM_AHEAD past the hasher's position, no further, and on as it moves."""
+    size = evicted.stat().st_size
+    fd = os.open(evicted, os.O_RDONLY)
+    streamer = Streamer()
+    try:
+        streamer.start(fd, 0, size)
+        wait_for(lambda: resident(evicted, 0, STREAM_AHEAD) == pages(STREAM_AHEAD), 30)
+        assert resident(evicted, STREAM_AHEAD, size - STREAM_AHEAD) == 0
+        streamer.at(2 * STREAM_STEP)
+        near = STREAM_AHEAD + 2 * STREAM_STEP
+        wait_for(lambda: resident(evicted, 0, near) == pages(near), 30)
+        assert resident(evicted, near, size - near) == 0
+        streamer.stop()
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.skipif(not ROOT, reason="mincore shows another's page cache to root only")
+def test_a_cold_large_file_is_streamed_and_hashed_right(evicted: Path) -> None:
+    data = evicted.read_bytes()
+    fd = os.open(evicted, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    for stream in (True, False):
+        state = Hasher(256 << 10, stream=stream).state(bytes(evicted), HINT_FILE)
+        assert (state.sha256, state.size) == (hashlib.sha256(data).digest(), len(data))

@@ -14,12 +14,14 @@ relative to a descriptor number that was reused.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from collections import deque
 
 _FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 _NOATIME = getattr(os, "O_NOATIME", 0)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _PROBE = [bytearray(1)]  # cold()'s one byte: what it reads is never looked at
 
 
@@ -31,7 +33,9 @@ class Prefetcher:
         self._cond = threading.Condition()
         # (index, directory fd or None for absolute paths, name)
         self._queue: deque[tuple[int, int | None, bytes]] = deque()
-        self._busy = 0
+        self._next: deque[tuple[bytes, int]] = deque()  # upcoming(): (directory, device)
+        self._busy = 0  # threads at work
+        self._busy_here = 0  # of them, on a file of the directory ``ahead`` was given
         self._passed = -1  # the index of the last file the worker itself has opened
         self._stopped = False
         self._depth = depth
@@ -55,6 +59,19 @@ class Prefetcher:
             self._queue.extend((i, dir_fd, name) for i, name in enumerate(names))
             self._cond.notify_all()
 
+    def upcoming(self, directory: bytes, device: int) -> None:
+        """List ``directory``, the worker's next, and read its files ahead, after these.
+
+        So that the worker, done with this directory, does not wait for the next one's
+        listing and first files: on a cold tree of small directories that wait left a
+        third of the CPU idle. Only if it is on ``device`` (the directory now read,
+        checked not to be a pseudo-filesystem); nothing is kept, the worker lists it
+        again from the cache. It gives way once the worker is there (``ahead``).
+        """
+        with self._cond:
+            self._next.append((directory, device))
+            self._cond.notify_all()
+
     def passed(self, index: int) -> None:
         """The worker opened the ``index``-th file itself: reading it ahead is too late."""
         self._passed = index  # one word, read by the threads without the lock
@@ -62,14 +79,14 @@ class Prefetcher:
     def wait(self) -> None:
         """Wait until every file asked for has been read ahead (or found too late)."""
         with self._cond:
-            while self._queue or self._busy:
+            while self._queue or self._next or self._busy:
                 self._cond.wait()
 
     def drain(self) -> None:
         """Drop what is left, and wait for the reads under way: the descriptor may close."""
         with self._cond:
             self._queue.clear()
-            while self._busy:
+            while self._busy_here:  # reads of the next directory use descriptors of their own
                 self._cond.wait()
 
     def close(self) -> None:
@@ -77,6 +94,7 @@ class Prefetcher:
         with self._cond:
             self._stopped = True
             self._queue.clear()
+            self._next.clear()
             self._cond.notify_all()
         for t in self._threads:
             t.join(5)
@@ -85,30 +103,71 @@ class Prefetcher:
         flags = _FLAGS | _NOATIME
         while True:
             with self._cond:
-                while not self._queue and not self._stopped:
+                while not self._queue and not self._next and not self._stopped:
                     self._cond.wait()
                 if self._stopped:
                     return
-                index, dir_fd, name = self._queue.popleft()
-                if index <= self._passed:  # the worker is there already: too late
-                    if not self._queue and not self._busy:
-                        self._cond.notify_all()
-                    continue
-                self._busy += 1
+                if not self._queue:  # this directory's files first, then the next one
+                    upcoming = self._next.popleft()
+                    self._busy += 1
+                    file = None
+                else:
+                    index, dir_fd, name = self._queue.popleft()
+                    if index <= self._passed:  # the worker is there already: too late
+                        if not self._queue and not self._busy:
+                            self._cond.notify_all()
+                        continue
+                    self._busy_here += 1
+                    self._busy += 1
+                    file = (dir_fd, name)
             try:
-                fd = os.open(name, flags, dir_fd=dir_fd)
-                try:
-                    os.posix_fadvise(fd, 0, self._chunk, os.POSIX_FADV_WILLNEED)
-                finally:
-                    os.close(fd)
-            except OSError as e:
-                if e.errno == 1 and flags & _NOATIME:  # EPERM: not ours; O_NOATIME needs that
-                    flags = _FLAGS
+                if file is None:
+                    flags = self._list_ahead(*upcoming, flags)
+                else:
+                    flags = self._fetch(file[0], file[1], flags)
             finally:
                 with self._cond:
                     self._busy -= 1
-                    if not self._busy:
-                        self._cond.notify_all()
+                    if file is not None:
+                        self._busy_here -= 1
+                    self._cond.notify_all()
+
+    def _fetch(self, dir_fd: int | None, name: bytes, flags: int) -> int:
+        """Ask for the first chunk of one file; returns the open flags to use from now on."""
+        try:
+            fd = os.open(name, flags, dir_fd=dir_fd)
+        except OSError as e:
+            if e.errno == errno.EPERM and flags & _NOATIME:  # not ours: O_NOATIME needs that
+                return _FLAGS
+            return flags
+        try:
+            os.posix_fadvise(fd, 0, self._chunk, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        return flags
+
+    def _list_ahead(self, directory: bytes, device: int, flags: int) -> int:
+        """List the worker's next directory and ask for its files: its own descriptors."""
+        try:
+            fd = os.open(directory, _DIR_FLAGS)
+        except OSError:
+            return flags
+        try:
+            if os.fstat(fd).st_dev != device:
+                return flags
+            with os.scandir(fd) as listing:
+                for entry in listing:
+                    if self._stopped or self._queue:  # the worker is there: ahead() took over
+                        break
+                    if entry.is_file(follow_symlinks=False):
+                        flags = self._fetch(fd, os.fsencode(entry.name), flags)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        return flags
 
 
 def cold(dir_fd: int | None, name: bytes) -> bool:

@@ -140,6 +140,12 @@ class Scanner:
         # ahead across files, but still streams a large file (one sequential reader).
         paced = pace is not None or job.idle
         self.hasher = Hasher(chunk_size, pace, stream=bool(job.io_depth) and not paced)
+        # The directory this worker reads next, where it knows (its walk's next, or the
+        # current one's last subdirectory), for the prefetcher to list ahead; and the
+        # one it did list ahead.
+        self._after: bytes | None = None
+        self._upcoming: bytes | None = None
+        self._looked: bytes | None = None
         self.prefetch = Prefetcher(job.io_depth, chunk_size) if job.io_depth and not paced else None
         # The daemon runs for months while people accept changes: no long-lived snapshot.
         # A reader checks what it reads against the seal; a writer's collector checked
@@ -206,7 +212,9 @@ class Scanner:
                 and not (len(todo) > 1 and self._hungry(task.scope))
             )
         ):
-            subdirs, files = self._directory(todo.pop(), task.scope, found)
+            directory = todo.pop()
+            self._after = todo[-1] if todo else None
+            subdirs, files = self._directory(directory, task.scope, found)
             todo += subdirs
             spawned += files
             walked += 1
@@ -291,6 +299,8 @@ class Scanner:
                 filesystem=kind,
             )
             return [], []
+        self._upcoming = listing.subdirs[-1] if listing.subdirs else self._after
+        self._after = None
         try:
             return listing.subdirs, self._entries(directory, scope, listing, found)
         finally:
@@ -335,10 +345,15 @@ class Scanner:
         ):
             # Only where it pays: enough entries, and the first file not in the page
             # cache. Warm, the threads' wake-ups cost more than they could save.
+            # A directory listed ahead reads warm because of that: it counts as cold.
             first = next((name for name, _, hint in entries if hint == HINT_FILE), None)
-            if first is not None and cold(fd, first):
+            looked, self._looked = self._looked == ctx[0], None
+            if first is not None and (looked or cold(fd, first)):
                 prefetch = self.prefetch
                 prefetch.ahead(fd, [name for name, _, hint in entries if hint == HINT_FILE])
+                if self._upcoming is not None:  # once: a huge directory comes here per batch
+                    prefetch.upcoming(self._upcoming, os.fstat(fd).st_dev)
+                    self._looked, self._upcoming = self._upcoming, None
         try:
             return self._each_entry(ctx, entries, baseline, found, spawned, prefetch)
         finally:

@@ -179,3 +179,40 @@ def test_a_cold_large_file_is_streamed_and_hashed_right(evicted: Path) -> None:
     for stream in (True, False):
         state = Hasher(256 << 10, stream=stream).state(bytes(evicted), HINT_FILE)
         assert (state.sha256, state.size) == (hashlib.sha256(data).digest(), len(data))
+
+
+def evict(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.skipif(not ROOT, reason="mincore shows another's page cache to root only")
+def test_the_next_directory_is_listed_and_read_ahead(tmp_path: Path) -> None:
+    """upcoming(): the files of the worker's next directory reach the cache.
+
+    A directory on another device (a mount point, a pseudo-filesystem) is not even listed.
+    """
+    nxt = tmp_path / "next"
+    nxt.mkdir()
+    (nxt / "sub").mkdir()
+    files = [nxt / f"f{i}" for i in range(20)]
+    for f in files:
+        f.write_bytes(os.urandom(8192))
+        evict(f)
+    if any(resident(f, 0, 8192) for f in files):
+        pytest.skip("this filesystem keeps pages that POSIX_FADV_DONTNEED should drop")
+    prefetch = Prefetcher(2, 1 << 16)
+    try:
+        prefetch.ahead(None, [])  # starts the threads
+        prefetch.upcoming(bytes(nxt), os.stat(nxt).st_dev + 1)
+        prefetch.wait()
+        assert not any(resident(f, 0, 8192) for f in files)
+        prefetch.upcoming(bytes(nxt), os.stat(nxt).st_dev)
+        prefetch.wait()
+        wait_for(lambda: all(resident(f, 0, 8192) == 2 for f in files), 10, "the next files")
+    finally:
+        prefetch.close()

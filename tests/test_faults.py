@@ -57,6 +57,14 @@ def _bytes_read(pid: int) -> int:
         return -1
 
 
+def _maps(pid: int, path: Path) -> bool:
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            return any(line.rstrip("\n").endswith(" " + str(path)) for line in f)
+    except OSError:
+        return False
+
+
 def hashing_pid(
     proc: subprocess.Popen[str], big: Path, exclude: frozenset[int] = frozenset()
 ) -> int:
@@ -65,7 +73,8 @@ def hashing_pid(
     Having it open is not enough: the worker that lists its directory opens it too, for
     one read and an fstat(), before handing it to a task of its own. A kill in that
     instant hits the directory's task, not the file's. So the same worker must have read
-    READ_SINCE_OPEN bytes while holding it, which only hashing ``big`` itself does.
+    READ_SINCE_OPEN bytes while holding it, or have it mapped (mapped.py: the page
+    faults of a mapping do not count as bytes read), which only hashing ``big`` does.
     """
     first_seen: dict[int, int] = {}
 
@@ -77,7 +86,7 @@ def hashing_pid(
         if read < 0:
             return None  # gone already
         start = first_seen.setdefault(pid, read)
-        return pid if read - start >= READ_SINCE_OPEN else None
+        return pid if read - start >= READ_SINCE_OPEN or _maps(pid, big) else None
 
     return int(wait_for(hashing, timeout=60, what=f"a worker to hash {big}"))
 

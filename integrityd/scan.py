@@ -350,7 +350,8 @@ class Scanner:
             looked, self._looked = self._looked == ctx[0], None
             if first is not None and (looked or cold(fd, first)):
                 prefetch = self.prefetch
-                prefetch.ahead(fd, [name for name, _, hint in entries if hint == HINT_FILE])
+                if not looked:  # else the look-ahead has asked for them, or is asking
+                    prefetch.ahead(fd, [name for name, _, hint in entries if hint == HINT_FILE])
                 if self._upcoming is not None:  # once: a huge directory comes here per batch
                     prefetch.upcoming(self._upcoming, os.fstat(fd).st_dev)
                     self._looked, self._upcoming = self._upcoming, None

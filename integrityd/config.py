@@ -183,8 +183,9 @@ class Config:
     # the memory per worker: benchmarks/README.md.
     chunk_size: int = 256 << 10
     # Threads per worker that read ahead of it (prefetch.py), so that cold storage has
-    # reads in flight; 0 turns them off. Measured: benchmarks/README.md.
-    io_depth: int = 4
+    # reads in flight; 0 turns them off. Measured: benchmarks/README.md (2 beat 4 once
+    # the next directory was listed ahead: fewer threads to share one GIL).
+    io_depth: int = 2
     report: Literal["text", "json"] = "text"
     log: LogConfig = field(default_factory=LogConfig)
     watch: WatchConfig = field(default_factory=WatchConfig)

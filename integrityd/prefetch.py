@@ -34,6 +34,7 @@ class Prefetcher:
         # (index, directory fd or None for absolute paths, name)
         self._queue: deque[tuple[int, int | None, bytes]] = deque()
         self._next: deque[tuple[bytes, int]] = deque()  # upcoming(): (directory, device)
+        self._cold_dir: bytes | None = None  # the last directory the look-ahead found cold
         self._busy = 0  # threads at work
         self._busy_here = 0  # of them, on a file of the directory ``ahead`` was given
         self._passed = -1  # the index of the last file the worker itself has opened
@@ -65,12 +66,21 @@ class Prefetcher:
         So that the worker, done with this directory, does not wait for the next one's
         listing and first files: on a cold tree of small directories that wait left a
         third of the CPU idle. Only if it is on ``device`` (the directory now read,
-        checked not to be a pseudo-filesystem); nothing is kept, the worker lists it
+        checked not to be a pseudo-filesystem), and only if its first file is cold
+        (``was_cold``): a warm directory ends the chain, or one cold directory in a warm
+        tree would have every later one read ahead. Nothing is kept: the worker lists it
         again from the cache. It gives way once the worker is there (``ahead``).
         """
         with self._cond:
             self._next.append((directory, device))
             self._cond.notify_all()
+
+    def was_cold(self, directory: bytes) -> bool:
+        """Whether the look-ahead found ``directory`` cold (and so asked for its files).
+
+        False also where it has not got there yet: the worker then asks the cache itself.
+        """
+        return self._cold_dir == directory  # one reference, set by a thread: no lock
 
     def passed(self, index: int) -> None:
         """The worker opened the ``index``-th file itself: reading it ahead is too late."""
@@ -157,12 +167,20 @@ class Prefetcher:
         try:
             if os.fstat(fd).st_dev != device:
                 return flags
+            first = True
             with os.scandir(fd) as listing:
                 for entry in listing:
                     if self._stopped or self._queue:  # the worker is there: ahead() took over
                         break
-                    if entry.is_file(follow_symlinks=False):
-                        flags = self._fetch(fd, os.fsencode(entry.name), flags)
+                    if not entry.is_file(follow_symlinks=False):
+                        continue
+                    name = os.fsencode(entry.name)
+                    if first:  # the file the worker's own cold() would ask about
+                        first = False
+                        if not cold(fd, name):
+                            break  # warm: the chain of look-aheads ends here
+                        self._cold_dir = directory
+                    flags = self._fetch(fd, name, flags)
         except OSError:
             pass
         finally:

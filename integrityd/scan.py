@@ -345,9 +345,11 @@ class Scanner:
         ):
             # Only where it pays: enough entries, and the first file not in the page
             # cache. Warm, the threads' wake-ups cost more than they could save.
-            # A directory listed ahead reads warm because of that: it counts as cold.
+            # A directory listed ahead reads warm because of that: it counts as cold
+            # where the look-ahead found it so.
             first = next((name for name, _, hint in entries if hint == HINT_FILE), None)
-            looked, self._looked = self._looked == ctx[0], None
+            looked = self._looked == ctx[0] and self.prefetch.was_cold(ctx[0])
+            self._looked = None
             if first is not None and (looked or cold(fd, first)):
                 prefetch = self.prefetch
                 if not looked:  # else the look-ahead has asked for them, or is asking

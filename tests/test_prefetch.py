@@ -216,3 +216,36 @@ def test_the_next_directory_is_listed_and_read_ahead(tmp_path: Path) -> None:
         wait_for(lambda: all(resident(f, 0, 8192) == 2 for f in files), 10, "the next files")
     finally:
         prefetch.close()
+
+
+@pytest.mark.skipif(not ROOT, reason="mincore shows another's page cache to root only")
+def test_the_look_ahead_stops_at_a_warm_directory(tmp_path: Path) -> None:
+    """A next directory whose first file is cached is not read ahead, nor counted cold.
+
+    Else one cold directory in a warm tree has the rest of the worker's walk read ahead:
+    each looked-ahead directory counted as cold, and looked further.
+    """
+    warm, cold_dir = tmp_path / "warm", tmp_path / "cold"
+    for d in (warm, cold_dir):
+        d.mkdir()
+        for i in range(20):
+            (d / f"f{i}").write_bytes(os.urandom(8192))
+            evict(d / f"f{i}")
+    with os.scandir(warm) as it:  # the first file in the directory's own order
+        first = warm / next(e.name for e in it if e.is_file())
+    first.read_bytes()  # cached again
+    rest = [f for f in warm.iterdir() if f != first]
+    if any(resident(f, 0, 8192) for f in rest):
+        pytest.skip("this filesystem keeps pages that POSIX_FADV_DONTNEED should drop")
+    prefetch = Prefetcher(1, 1 << 16)
+    try:
+        prefetch.ahead(None, [])  # starts the thread
+        prefetch.upcoming(bytes(warm), os.stat(warm).st_dev)
+        prefetch.wait()
+        assert not prefetch.was_cold(bytes(warm))
+        assert not any(resident(f, 0, 8192) for f in rest)
+        prefetch.upcoming(bytes(cold_dir), os.stat(cold_dir).st_dev)
+        prefetch.wait()
+        assert prefetch.was_cold(bytes(cold_dir))
+    finally:
+        prefetch.close()

@@ -200,6 +200,11 @@ class Hasher:
         """
         return self._fs_type is not None and self._fs_type(directory) in _LOCAL_CLOCK
 
+    def close(self) -> None:
+        """Stop the thread that streams large cold files, if one was started."""
+        if self._streamer is not None:
+            self._streamer.close()
+
     def local(self, directory: int | bytes) -> bool:
         """True if ``directory`` (a descriptor or a path) is on a local filesystem."""
         return self.trusts_clock(directory)

@@ -236,6 +236,7 @@ class Streamer:
         self._job: tuple[int, int, int] | None = None  # fd, next offset to ask for, end
         self._reached = 0
         self._busy = False
+        self._closed = False
         self._thread: threading.Thread | None = None
 
     def start(self, fd: int, offset: int, end: int) -> None:
@@ -262,15 +263,27 @@ class Streamer:
             while self._busy:
                 self._cond.wait()
 
+    def close(self) -> None:
+        """End the thread (a worker's Scanner is replaced when the daemon reloads)."""
+        with self._cond:
+            self._job = None
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(5)
+
     def _run(self) -> None:
         while True:
             with self._cond:
-                while self._job is None or self._job[1] >= min(
-                    self._job[2], self._reached + STREAM_AHEAD
+                while not self._closed and (
+                    self._job is None
+                    or self._job[1] >= min(self._job[2], self._reached + STREAM_AHEAD)
                 ):
                     if self._job is not None and self._job[1] >= self._job[2]:
                         self._job = None  # all asked for
                     self._cond.wait()
+                if self._closed or self._job is None:
+                    return
                 fd, offset, end = self._job
                 self._job = (fd, offset + STREAM_STEP, end)
                 self._busy = True

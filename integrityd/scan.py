@@ -172,6 +172,7 @@ class Scanner:
     def close(self) -> None:
         """Release the baseline reader and stop the threads reading ahead."""
         self.baseline.close()
+        self.hasher.close()
         if self.prefetch is not None:
             self.prefetch.close()
 

@@ -9,6 +9,7 @@ import ctypes
 import hashlib
 import mmap
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -177,7 +178,9 @@ def test_a_cold_large_file_is_streamed_and_hashed_right(evicted: Path) -> None:
     finally:
         os.close(fd)
     for stream in (True, False):
-        state = Hasher(256 << 10, stream=stream).state(bytes(evicted), HINT_FILE)
+        hasher = Hasher(256 << 10, stream=stream)
+        state = hasher.state(bytes(evicted), HINT_FILE)
+        hasher.close()
         assert (state.sha256, state.size) == (hashlib.sha256(data).digest(), len(data))
 
 
@@ -249,3 +252,19 @@ def test_the_look_ahead_stops_at_a_warm_directory(tmp_path: Path) -> None:
         assert prefetch.was_cold(bytes(cold_dir))
     finally:
         prefetch.close()
+
+
+def test_streamer_thread_ends_on_close(evicted: Path) -> None:
+    """A daemon's worker replaces its Scanner on every reload: no thread may stay behind."""
+    fd = os.open(evicted, os.O_RDONLY)
+    before = set(threading.enumerate())
+    streamer = Streamer()
+    try:
+        streamer.start(fd, 0, evicted.stat().st_size)
+        streamer.stop()
+    finally:
+        os.close(fd)
+    threads = set(threading.enumerate()) - before
+    assert [t.name for t in threads] == ["stream"]
+    streamer.close()
+    assert not any(t.is_alive() for t in threads)

@@ -22,7 +22,10 @@ from collections import deque
 _FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 _NOATIME = getattr(os, "O_NOATIME", 0)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_PROBE = [bytearray(1)]  # cold()'s one byte: what it reads is never looked at
+_PROBE = [bytearray(1)]
+# Files of the next directory asked for at most: a huge one is read in batches that
+# each look for themselves, and the look-ahead would only race the worker through it.
+LOOK_AHEAD_FILES = 512  # cold()'s one byte: what it reads is never looked at
 
 
 class Prefetcher:
@@ -140,7 +143,8 @@ class Prefetcher:
                     self._busy -= 1
                     if file is not None:
                         self._busy_here -= 1
-                    self._cond.notify_all()
+                    if not self._busy_here or not self._busy:  # drain()'s or wait()'s end
+                        self._cond.notify_all()
 
     def _fetch(self, dir_fd: int | None, name: bytes, flags: int) -> int:
         """Ask for the first chunk of one file; returns the open flags to use from now on."""
@@ -167,10 +171,10 @@ class Prefetcher:
         try:
             if os.fstat(fd).st_dev != device:
                 return flags
-            first = True
+            first, left = True, LOOK_AHEAD_FILES
             with os.scandir(fd) as listing:
                 for entry in listing:
-                    if self._stopped or self._queue:  # the worker is there: ahead() took over
+                    if self._stopped or self._queue or not left:  # ahead() took over
                         break
                     if not entry.is_file(follow_symlinks=False):
                         continue
@@ -181,6 +185,7 @@ class Prefetcher:
                             break  # warm: the chain of look-aheads ends here
                         self._cold_dir = directory
                     flags = self._fetch(fd, name, flags)
+                    left -= 1
         except OSError:
             pass
         finally:

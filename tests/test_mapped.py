@@ -20,6 +20,7 @@ from integrityd.mapped import MAP_MIN, WINDOW, Mapper
 from integrityd.messages import HINT_FILE
 
 from .conftest import findings, integrityd, wait_for
+from .test_pseudo import _can_mount
 
 SIZE = MAP_MIN + 3 * WINDOW + 12_345  # windows, and a last one that is not whole
 
@@ -168,3 +169,54 @@ def test_check_finds_one_byte_changed_deep_in_a_large_file(tmp_path: Path) -> No
     r = integrityd("check", "--json", "-m", manifest)
     assert r.returncode == 4, r.stderr
     assert findings(r) == [("modified", str(big))]
+
+
+WATCH_LEASES = """
+import hashlib, os, sys, threading
+from integrityd.hashing import Hasher
+from integrityd.messages import HINT_FILE
+path = sys.argv[1]
+pid, seen, done = str(os.getpid()), [], threading.Event()
+def watch():
+    while not done.is_set():
+        with open("/proc/locks") as f:
+            seen.extend(line for line in f if "LEASE" in line and f" {pid} " in line)
+threading.Thread(target=watch, daemon=True).start()
+hasher = Hasher(256 << 10)
+fd = os.open(path, os.O_RDONLY)
+local = hasher.local(fd)
+os.close(fd)
+digest = b""
+for _ in range(20):  # long enough for the watcher to look while a lease would be held
+    digest = hasher.state(path.encode(), HINT_FILE).sha256
+done.set()
+print(local, bool(seen), digest == hashlib.sha256(open(path, "rb").read()).digest())
+"""
+
+
+@pytest.mark.skipif(not _can_mount(), reason="no mount namespace here (unshare -m)")
+@pytest.mark.parametrize("fs", ["overlay", "tmpfs"])
+def test_mapped_only_on_local_filesystems(tmp_path: Path, fs: str) -> None:
+    """Read on overlayfs (whose files another layer can truncate); mapped on tmpfs."""
+    for d in ("lower", "upper", "work", "merged"):
+        (tmp_path / d).mkdir()
+    (tmp_path / "lower" / "big.bin").write_bytes(os.urandom(SIZE))
+    options = f"lowerdir={tmp_path}/lower,upperdir={tmp_path}/upper,workdir={tmp_path}/work"
+    merged = tmp_path / "merged"
+    mount = (
+        f"mount -t overlay overlay -o {options} {merged}"
+        if fs == "overlay"
+        else f"mount -t tmpfs tmpfs {merged} && cp {tmp_path}/lower/big.bin {merged}/"
+    )
+    script = f"{mount} && {sys.executable} -c '{WATCH_LEASES}' {merged}/big.bin"
+    r = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)),
+    )
+    assert r.returncode == 0, r.stderr
+    local = fs == "tmpfs"
+    assert r.stdout.split() == [str(local), str(local), "True"]  # local, leased, digest

@@ -132,6 +132,28 @@ def alive(pid: int) -> bool:
         return False
 
 
+def can_mount() -> bool:
+    """Whether this process may make a mount namespace of its own (``unshare -m``)."""
+    return shutil.which("unshare") is not None and (
+        subprocess.run(["unshare", "-m", "true"], capture_output=True, check=False).returncode == 0
+    )
+
+
+def in_mount_namespace(script: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run a shell ``script`` in a private mount namespace: its mounts vanish with it.
+
+    The tests' own integrityd comes first on PYTHONPATH for the Python it starts.
+    """
+    return subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)),
+    )
+
+
 def holder_of(path: Path, pids: set[int]) -> int | None:
     """The process among ``pids`` that has ``path`` open."""
     target = str(path)

@@ -19,8 +19,7 @@ from integrityd.hashing import Hasher
 from integrityd.mapped import MAP_MIN, WINDOW, Mapper
 from integrityd.messages import HINT_FILE
 
-from .conftest import findings, integrityd, wait_for
-from .test_pseudo import _can_mount
+from .conftest import can_mount, findings, in_mount_namespace, integrityd, wait_for
 
 SIZE = MAP_MIN + 3 * WINDOW + 12_345  # windows, and a last one that is not whole
 
@@ -194,7 +193,7 @@ print(local, bool(seen), digest == hashlib.sha256(open(path, "rb").read()).diges
 """
 
 
-@pytest.mark.skipif(not _can_mount(), reason="no mount namespace here (unshare -m)")
+@pytest.mark.skipif(not can_mount(), reason="no mount namespace here (unshare -m)")
 @pytest.mark.parametrize("fs", ["overlay", "tmpfs"])
 def test_mapped_only_on_local_filesystems(tmp_path: Path, fs: str) -> None:
     """Read on overlayfs (whose files another layer can truncate); mapped on tmpfs."""
@@ -209,14 +208,7 @@ def test_mapped_only_on_local_filesystems(tmp_path: Path, fs: str) -> None:
         else f"mount -t tmpfs tmpfs {merged} && cp {tmp_path}/lower/big.bin {merged}/"
     )
     script = f"{mount} && {sys.executable} -c '{WATCH_LEASES}' {merged}/big.bin"
-    r = subprocess.run(
-        ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)),
-    )
+    r = in_mount_namespace(script)
     assert r.returncode == 0, r.stderr
     local = fs == "tmpfs"
     assert r.stdout.split() == [str(local), str(local), "True"]  # local, leased, digest

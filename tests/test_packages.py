@@ -24,7 +24,7 @@ import pytest
 from integrityd.messages import FileState, Finding
 from integrityd.packages import Attributor, Dpkg
 
-from .conftest import Watcher, events, findings, integrityd, log_lines, summary
+from .conftest import Watcher, events, findings, in_mount_namespace, integrityd, log_lines, summary
 
 DPKG_STATUS = Path("/var/lib/dpkg/status")
 
@@ -302,10 +302,7 @@ def test_the_real_database_flags_a_replaced_package_file(tmp_path: Path, manifes
     def run(*args: object, over: bool) -> subprocess.CompletedProcess[str]:
         cli = " ".join(f"'{a}'" for a in (sys.executable, "-m", "integrityd", *args))
         mount = f"mount --bind '{fake}' '{path}' && " if over else ""
-        return subprocess.run(
-            ["unshare", "-m", "--propagation", "private", "sh", "-c", mount + cli],
-            capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
+        return in_mount_namespace(mount + cli)
 
     assert run("init", "-c", cfg, over=False).returncode == 0
     tampered = run("check", "--json", "-c", cfg, over=True)

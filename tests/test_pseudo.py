@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import sqlite3
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,13 +12,7 @@ import pytest
 from integrityd.hashing import Hasher
 from integrityd.messages import HINT_FILE
 
-from .conftest import findings, integrityd
-
-
-def _can_mount() -> bool:
-    return shutil.which("unshare") is not None and (
-        subprocess.run(["unshare", "-m", "true"], capture_output=True, check=False).returncode == 0
-    )
+from .conftest import can_mount, findings, in_mount_namespace, integrityd
 
 
 def test_a_file_that_yields_data_past_its_size_is_not_read_for_ever() -> None:
@@ -43,7 +34,7 @@ def test_proc_given_as_a_root_is_recorded_and_not_entered(tmp_path: Path) -> Non
     assert (r.returncode, findings(r)) == (0, []), r.stdout
 
 
-@pytest.mark.skipif(not _can_mount(), reason="needs a mount namespace (root)")
+@pytest.mark.skipif(not can_mount(), reason="needs a mount namespace (root)")
 def test_proc_mounted_inside_a_root_that_crosses_filesystems(tmp_path: Path) -> None:
     """A fresh proc inside a root with one_filesystem: false: only its mount point.
 
@@ -62,14 +53,7 @@ def test_proc_mounted_inside_a_root_that_crosses_filesystems(tmp_path: Path) -> 
         f"mount -t proc proc {root}/proc && {python} init --json -c {config} && "
         f"{python} check --json -c {config}"
     )
-    r = subprocess.run(
-        ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)),
-    )
+    r = in_mount_namespace(script, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stderr.count('"event": "pseudo_filesystem"') == 2, r.stderr  # once per run
     assert f'"path": "{root}/proc"' in r.stderr

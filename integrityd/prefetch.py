@@ -9,7 +9,12 @@ data in the page cache. The threads never read data themselves, never open anyth
 but the directory's regular files (``O_NOFOLLOW | O_NONBLOCK``: a FIFO swapped in is
 not waited for), and stop at what the worker has already read. ``drain`` waits for
 them before the directory's descriptor is closed, so that no thread opens a name
-relative to a descriptor number that was reused.
+relative to a descriptor number that was reused. Then they list the directory the
+worker reads next and ask for its files the same way (``upcoming``), on descriptors of
+their own.
+
+A large cold file gets a ``Streamer`` instead: one thread asking for its next MiBs
+while the worker hashes the ones before.
 """
 
 from __future__ import annotations

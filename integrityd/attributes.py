@@ -22,6 +22,7 @@ whose ``check`` leaves them out): never compared.
 
 from __future__ import annotations
 
+import array
 import base64
 import errno
 import fcntl
@@ -72,18 +73,23 @@ grow (an ext4 directory becomes ``indexed``, small data leaves ``inline_data``):
 indexed, extents, inline_data, huge_file, ea_inode and ext2's compression state."""
 
 
-def from_fd(fd: int, buf: bytearray | None = None) -> Extra:
+def flag_buffer() -> array.array[int]:
+    """Room for the ioctl's answer: a C int, read back as ``buf[0]`` (no int.from_bytes)."""
+    return array.array("i", (0,))
+
+
+def from_fd(fd: int, buf: array.array[int] | None = None) -> Extra:
     """The attributes of an open regular file or directory.
 
     Per file on the hot path: one ioctl and one flistxattr where a file has no xattrs
-    (most have none), with as few Python calls around them as can be. ``buf``: four
-    bytes for the ioctl's answer, reused by the caller.
+    (most have none), with as few Python calls around them as can be. ``buf``: a
+    ``flag_buffer()`` for the ioctl's answer, reused by the caller.
     """
     if buf is None:
-        buf = bytearray(4)
+        buf = flag_buffer()
     try:
         fcntl.ioctl(fd, _FS_IOC_GETFLAGS, buf, True)  # the kernel writes an int into buf
-        flags = int.from_bytes(buf, "little") & FLAG_MASK
+        flags = buf[0] & FLAG_MASK
     except OSError as e:
         if e.errno not in _UNSUPPORTED:
             raise

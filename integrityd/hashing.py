@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import overload
 
-from integrityd.attributes import NOT_READ, Extra, from_fd, from_o_path
+from integrityd.attributes import NOT_READ, Extra, flag_buffer, from_fd, from_o_path
 from integrityd.failures import describe, error_type, failed, missing
 from integrityd.mapped import MAP_MIN, Mapper
 from integrityd.messages import HINT_FILE, FileState
@@ -175,7 +175,7 @@ class Hasher:
         self._rate = pace.rate if pace is not None else None  # bytes/s for this worker
         self._next = pace.since if pace is not None else 0.0  # when the next read may start
         self._fs_type = _fs_type_reader()
-        self._flag_buf = bytearray(4)  # FS_IOC_GETFLAGS writes here
+        self._flag_buf = flag_buffer()  # FS_IOC_GETFLAGS writes here
         # Large files straight from the page cache (mapped.py); a paced read keeps to
         # its rate one chunk at a time.
         self._mapper = Mapper() if pace is None else None

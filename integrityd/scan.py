@@ -374,7 +374,8 @@ class Scanner:
         prefetch: Prefetcher | None,
     ) -> list[FileTask]:
         directory, scope, fd, dir_stats, settled, inherited = ctx
-        rules = self.rules[scope]
+        default = self.rules[scope].default
+        rules = self.rules[scope] or None  # Rules.__bool__ once, not per entry
         root = self.job.scopes[scope].root.path
         files = 0
         for name, path, hint in entries:
@@ -395,8 +396,8 @@ class Scanner:
             elif state.type != "missing":  # one that vanished stays in `baseline`: removed
                 attrs = (
                     rules.attrs(relative(root, path), state.type == "dir", inherited)
-                    if rules
-                    else rules.default
+                    if rules is not None
+                    else default
                 )
                 recorded = baseline.pop(name, None)
                 self._compare(found, scope, state, recorded, (directory, name), attrs, at)

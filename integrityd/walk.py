@@ -8,6 +8,7 @@ finds become new tasks. Listing stays on the root's filesystem unless the root s
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import sys
 from collections.abc import Iterator
@@ -78,11 +79,11 @@ def list_dir(
     prefix = directory.rstrip(b"/") + b"/"
     try:
         rest = _entries(os.scandir(fd), out, prefix, root, excluder, skip, device)
-        for entry in rest:
-            out.entries.append(entry)
-            if limit is not None and len(out.entries) >= limit:
-                out.more = rest
-                return out
+        # Taken in C (extend over islice): a Python loop over the generator cost 0.5 µs
+        # an entry more than the loop it replaced.
+        out.entries.extend(rest if limit is None else itertools.islice(rest, limit))
+        if limit is not None and len(out.entries) >= limit:
+            out.more = rest
     except OSError as e:
         os.close(fd)
         return Listing(error=describe(e), error_type=error_type(e))
@@ -102,6 +103,7 @@ def _entries(  # noqa: PLR0917 - list_dir's state, passed on
     device: int | None,
 ) -> Iterator[Entry]:
     """The entries of an open directory that the walk keeps, noting subdirectories."""
+    matches = excluder.matches if excluder else None  # __bool__ once, not per entry
     with entries:
         for entry in entries:
             name = entry.name.encode(_FS_ENCODING, "surrogateescape")  # as os.fsencode
@@ -113,7 +115,7 @@ def _entries(  # noqa: PLR0917 - list_dir's state, passed on
                 is_file = not is_dir and entry.is_file(follow_symlinks=False)
             except OSError:
                 is_dir = is_file = False  # the worker's lstat will say what it is
-            if excluder and excluder.matches(relative(root, path), is_dir):
+            if matches is not None and matches(relative(root, path), is_dir):
                 continue
             if is_dir and device is None:
                 out.subdirs.append(path)

@@ -282,6 +282,7 @@ class Scanner:
             self.job.skip,
             self.devices[scope],
             limit=HUGE_DIR + 1,
+            inode_order=self.limited[scope],  # a spinning disk: fewer seeks
         )
         if listing.error is not None:
             found.unreadable_dirs.append((directory, listing.error_type or "os", listing.error))
@@ -491,7 +492,10 @@ class Scanner:
         elsewhere: dict[bytes, bool] = {}
         settled: dict[bytes, int | None] = {}
         baseline = self.baseline.lookup_many(task.paths)
-        for i, path in enumerate(task.paths):
+        paths = task.paths
+        if self.limited[task.scope]:  # a spinning disk: in the recorded inodes' order
+            paths = tuple(sorted(paths, key=lambda p: _inode(baseline.get(p))))
+        for i, path in enumerate(paths):
             if prefetch is not None:
                 prefetch.passed(i)
             parent, name = split(path)
@@ -685,6 +689,11 @@ def _grew_or_moved(old: FileState, new: FileState) -> bool:
         and new.error_type is None
         and (old.size != new.size or old.sha256 != new.sha256 or old.inode != new.inode)
     )
+
+
+def _inode(recorded: FileState | None) -> int:
+    """The recorded inode number, where there is one (0 for a path new to the baseline)."""
+    return recorded.inode if recorded is not None else 0
 
 
 def _read_file(state: FileState) -> bool:

@@ -159,6 +159,52 @@ def xattrs_dict(recorded: str | None) -> dict[str, str]:
     return json.loads(recorded) if recorded else {}
 
 
+# -- trusted.*: seen only with CAP_SYS_ADMIN -------------------------------------------
+
+TRUSTED = "trusted."
+_FULL_ID_MAP = ["0", "0", "4294967295"]  # /proc/self/uid_map of the initial user namespace
+_CAP_SYS_ADMIN = 21
+
+
+def sees_trusted() -> bool:
+    """Whether this process is shown ``trusted.*`` xattrs at all.
+
+    The kernel lists them only to a process with CAP_SYS_ADMIN in the initial user
+    namespace, and to anyone else lists a file that has them as if it had none. The
+    shipped units run as an unprivileged user with CAP_DAC_READ_SEARCH alone, so a
+    baseline recorded by root (``sudo integrityd accept``) holds names they never see.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            caps = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
+        with open("/proc/self/uid_map", encoding="ascii") as f:
+            initial = f.read().split() == _FULL_ID_MAP
+    except (OSError, StopIteration, ValueError):
+        return False
+    return initial and bool(caps >> _CAP_SYS_ADMIN & 1)
+
+
+def unseen_trusted(recorded: str | None) -> int:
+    """How many ``trusted.*`` names the recorded ``xattrs`` holds (cheap when none)."""
+    if not recorded or f'"{TRUSTED}' not in recorded:
+        return 0
+    return sum(name.startswith(TRUSTED) for name in xattrs_dict(recorded))
+
+
+def carry_trusted(recorded: str | None, seen: str | None) -> str | None:
+    """``seen`` with the baseline's ``trusted.*`` values put back.
+
+    For a process that cannot see them: they are not compared, and a writer keeps them
+    as recorded instead of dropping what root recorded.
+    """
+    if seen is None or not unseen_trusted(recorded):
+        return seen
+    merged = xattrs_dict(seen) | {
+        n: v for n, v in xattrs_dict(recorded).items() if n.startswith(TRUSTED)
+    }
+    return json.dumps(dict(sorted(merged.items())), separators=(",", ":"))
+
+
 # -- ACLs --------------------------------------------------------------------------------
 
 _ACL_TAGS = {0x01: "u", 0x02: "u", 0x04: "g", 0x08: "g", 0x10: "m", 0x20: "o"}

@@ -22,6 +22,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from integrityd import changelog, logsetup
+from integrityd.attributes import sees_trusted
 from integrityd.errors import ExitCode, Fatal, IntegritydError
 from integrityd.failures import failed
 from integrityd.manifest import BaselineReader, ManifestStore, guard
@@ -89,6 +90,8 @@ def run(data: Connection, ctl: Connection, job: Job) -> None:
             with store.guard():
                 if job.policy.compares and not job.policy.writes:
                     _say_unrecorded(store)
+                if job.policy.compares:
+                    _say_unseen_trusted(store)
                 collector = _Collector(store, job)
                 if not collector.receive(data):
                     return  # main went away: leave without committing anything
@@ -155,6 +158,20 @@ def _say_unrecorded(store: ManifestStore) -> None:
             "(integrityd accept --all)",
             entries=old,
         )
+
+
+def _say_unseen_trusted(store: ManifestStore) -> None:
+    """Once per run, for a process the kernel hides trusted.* xattrs from (scan.py)."""
+    if sees_trusted() or not (count := store.with_trusted_xattrs()):
+        return
+    log.warning(
+        "trusted_xattrs_not_compared",
+        message=f"{count:,} {'entry' if count == 1 else 'entries'} of this baseline "
+        f"{'has' if count == 1 else 'have'} trusted.* extended attributes, "
+        "which the kernel shows only to a process with CAP_SYS_ADMIN (this one has not): "
+        "they are not compared in this run, and an accept keeps them as recorded",
+        entries=count,
+    )
 
 
 class _Tally:
@@ -393,6 +410,7 @@ def _watch(data: Connection, ctl: Connection, job: Job) -> None:
             # A damaged, foreign or forged manifest fails here, before the daemon says READY.
             _signature(store, job)
             _say_unrecorded(store)
+            _say_unseen_trusted(store)
             trusted = store.trusted(with_dirs=False)
         live = _Live(job)
     except IntegritydError as e:

@@ -399,6 +399,11 @@ class ManifestStore:
         sql = "SELECT count(*) FROM files WHERE nlink IS NULL"  # the index "unrecorded"
         return int(self._conn.execute(sql).fetchone()[0])
 
+    def with_trusted_xattrs(self) -> int:
+        """Entries whose recorded xattrs include a ``trusted.*`` name (a scan of the table)."""
+        sql = "SELECT count(*) FROM files WHERE instr(xattrs, '\"trusted.') > 0"
+        return int(self._conn.execute(sql).fetchone()[0])
+
     def root_devices(self) -> dict[bytes, int]:
         """The st_dev each root was on when it was baselined."""
         return dict(self._conn.execute("SELECT path, device FROM roots").fetchall())

@@ -17,8 +17,10 @@ import sqlite3
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from typing import cast
 
 from integrityd import logsetup
+from integrityd.attributes import carry_trusted, sees_trusted
 from integrityd.compare import classify
 from integrityd.config import EXTENDED
 from integrityd.errors import IntegritydError
@@ -28,6 +30,7 @@ from integrityd.hashing import Hasher, Pace, from_stat, settled_before
 from integrityd.manifest import BaselineReader, row, sqlite_error
 from integrityd.messages import (
     HINT_FILE,
+    RECORDED,
     DirTask,
     ErrorType,
     Failed,
@@ -68,6 +71,7 @@ HAND_BACK_DIRS = 8
 # The daemon's scans use shorter tasks: a live change waits for the few a worker has
 # queued (pipeline.INFLIGHT) to finish.
 WATCH_TASK_BUDGET_S = 0.0025
+_XATTRS = RECORDED.index("xattrs")  # in a baseline row's recorded fields
 
 
 class _Found:
@@ -160,6 +164,9 @@ class Scanner:
         self.excluders = [Excluder(s.root.exclude) for s in job.scopes]
         self.rules = [Rules(s.root) for s in job.scopes]
         self.extra = [bool(r.every & EXTENDED) for r in self.rules]  # attributes.py's too
+        # Without CAP_SYS_ADMIN the kernel hides trusted.* xattrs: the baseline's are not
+        # compared (the collector says so once per run), and a writer keeps them.
+        self.hides_trusted = any(self.extra) and not sees_trusted()
         self.accepts = policy.accepts  # accept --grown: only these findings are written
         self.devices = [_device(s.start) if s.root.one_filesystem else None for s in job.scopes]
         self.limited = [bool(s.root.workers) for s in job.scopes]  # a few readers at once
@@ -545,10 +552,13 @@ class Scanner:
             found.bytes += state.size
         if self.verifies and state.error_type is None:
             found.verified.append(key)
-        if recorded is not None and state.error_type is None and recorded == state.recorded():
-            if self.watches:
-                found.matched.append(state.path)
-            return  # the common case: exactly as in the baseline
+        if recorded is not None and state.error_type is None:
+            if self.hides_trusted and recorded != state.recorded():
+                state = _with_unseen_trusted(state, recorded)
+            if recorded == state.recorded():
+                if self.watches:
+                    found.matched.append(state.path)
+                return  # the common case: exactly as in the baseline
         if "grow" in attrs and state.error_type == "changing":
             state = self._snapshot(state, at)  # a log written to as it is read
         if self.initialises and state.error_type is None:
@@ -689,6 +699,12 @@ def _grew_or_moved(old: FileState, new: FileState) -> bool:
         and new.error_type is None
         and (old.size != new.size or old.sha256 != new.sha256 or old.inode != new.inode)
     )
+
+
+def _with_unseen_trusted(state: FileState, recorded: tuple[object, ...]) -> FileState:
+    """``state`` with the recorded ``trusted.*`` xattrs this process cannot see."""
+    carried = carry_trusted(cast("str | None", recorded[_XATTRS]), state.xattrs)
+    return state if carried == state.xattrs else state._replace(xattrs=carried)
 
 
 def _inode(recorded: FileState | None) -> int:

@@ -36,6 +36,17 @@ DROP_DAC = (
 )
 """Run as root but without the capabilities that let root read any file (as is, for others)."""
 
+SERVICE_UID = 65534  # nobody
+AS_SERVICE = (
+    "setpriv",
+    f"--reuid={SERVICE_UID}",
+    f"--regid={SERVICE_UID}",
+    "--clear-groups",
+    "--inh-caps=+dac_read_search",
+    "--ambient-caps=+dac_read_search",
+)
+"""Run as the shipped units do: an unprivileged user with CAP_DAC_READ_SEARCH alone (root only)."""
+
 
 def integrityd(
     *args: object, prefix: tuple[str, ...] = (), timeout: float = 120, **kw: Any

@@ -22,7 +22,17 @@ import pytest
 
 from integrityd.attributes import acl_text, caps_text, flag_names, xattr_value
 
-from .conftest import Watcher, events, findings, has_commit, integrityd, integrityd_of
+from .conftest import (
+    AS_SERVICE,
+    SERVICE_UID,
+    Watcher,
+    events,
+    findings,
+    has_commit,
+    integrityd,
+    integrityd_of,
+    log_lines,
+)
 
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="capabilities, trusted.* and chattr need root")
@@ -266,6 +276,78 @@ def test_a_symlink_s_own_xattr_is_read_without_following_it(tree: Path, manifest
     assert (code, e["changes"]) == (4, ["xattrs"])
     assert e["file"]["xattrs"] == {"trusted.mark": "0sAAE="}
     assert os.listxattr(tree / "secret") == []  # the target was never touched
+
+
+def service_manifest(tmp_path: Path) -> Path:
+    """A manifest path in a directory the unprivileged service user may write."""
+    home = tmp_path / "service"
+    home.mkdir()
+    os.chown(home, SERVICE_UID, SERVICE_UID)
+    return home / "m.db"
+
+
+def hand_over(manifest: Path) -> None:
+    """Give the manifest root made (and its journal files) to the service user."""
+    for p in manifest.parent.iterdir():
+        os.chown(p, SERVICE_UID, SERVICE_UID)
+
+
+@needs_root
+def test_trusted_xattrs_root_recorded_are_not_reported_by_the_unprivileged_service(
+    tree: Path, tmp_path: Path
+) -> None:
+    """The kernel hides trusted.* from the service user: hidden is not removed.
+
+    A baseline made with sudo holds trusted.* names that the daemon and the verify timer
+    (user integrityd, CAP_DAC_READ_SEARCH only) are never shown: each such file read as
+    "xattrs trusted.x → (none)", every run. Now they are not compared there, with one
+    warning per run; root still compares them.
+    """
+    manifest = service_manifest(tmp_path)
+    secret = tree / "secret"
+    setxattr_or_skip(secret, "trusted.x", b"1", "trusted xattrs")
+    assert integrityd("init", "-m", manifest, tree).returncode == 0
+    hand_over(manifest)
+    r = integrityd("check", "--json", "-m", manifest, prefix=AS_SERVICE)
+    assert (r.returncode, findings(r)) == (0, []), r.stdout + r.stderr
+    warned = [e for e in log_lines(r) if e["event"] == "trusted_xattrs_not_compared"]
+    assert [e["entries"] for e in warned] == [1]
+    # What the service does see is still compared, the hidden names shown as recorded.
+    secret.chmod(0o600)
+    r = integrityd("check", "--json", "-m", manifest, prefix=AS_SERVICE)
+    e = only([e for e in events(r) if "file" in e], secret)
+    assert (r.returncode, e["changes"]) == (4, ["mode"])
+    secret.chmod(0o644)
+    # Root sees them, and a changed value is a change.
+    os.setxattr(secret, "trusted.x", b"2")
+    r = integrityd("check", "--json", "-m", manifest)
+    e = only([e for e in events(r) if "file" in e], secret)
+    assert (r.returncode, e["changes"]) == (4, ["xattrs"])
+    assert (e["baseline"]["xattrs"], e["file"]["xattrs"]) == (
+        {"trusted.x": '"1"'},
+        {"trusted.x": '"2"'},
+    )
+    assert "trusted_xattrs_not_compared" not in r.stderr
+
+
+@needs_root
+def test_an_unprivileged_accept_keeps_the_trusted_xattrs_root_recorded(
+    tree: Path, tmp_path: Path
+) -> None:
+    """An accept by the service user (accept --grown on a timer) must not drop them.
+
+    Dropped, root's next check would report every such file "trusted.x added".
+    """
+    manifest = service_manifest(tmp_path)
+    secret = tree / "secret"
+    setxattr_or_skip(secret, "trusted.x", b"1", "trusted xattrs")
+    assert integrityd("init", "-m", manifest, tree).returncode == 0
+    hand_over(manifest)
+    secret.chmod(0o600)
+    r = integrityd("accept", "--all", "-m", manifest, prefix=AS_SERVICE)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = integrityd("check", "--json", "-m", manifest)
+    assert (r.returncode, findings(r)) == (0, []), r.stdout + r.stderr
 
 
 def test_a_selinux_label_is_reported(tree: Path, manifest: Path) -> None:

@@ -13,6 +13,8 @@ import pwd
 from collections.abc import Iterable
 from typing import Any
 
+from integrityd.shown import visible
+
 ACCEPTED_LISTED = 100  # paths an entry names; beyond that it counts them
 _CHANGE_FIELDS = (
     "paths", "counts", "accepted", "accepted_total", "baseline_sha256", "key_id", "prev",
@@ -102,7 +104,8 @@ def text(entries: list[dict[str, Any]]) -> str:
             out.append(f"    key:      {e.get('old_key_id')} -> {e.get('new_key_id')}")
         out.append(f"    baseline: sha256 {e['baseline_sha256']}")
         out.append("")
-    return "\n".join(out)
+    # User names, SUDO_USER, command lines and paths are anyone's bytes.
+    return "\n".join(visible(line) for line in out)
 
 
 def ecs(e: dict[str, Any], host: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -56,6 +56,7 @@ from integrityd.report import (
     text_lines,
 )
 from integrityd.seal import Info
+from integrityd.shown import visible
 from integrityd.signals import ignore_stop_signals, name_process
 
 log = logsetup.get_logger()
@@ -380,8 +381,8 @@ class _Collector:
                 if limit is not None and shown >= limit:
                     break
                 out.write(
-                    f"changed by package {name}, matching the package database: "
-                    f"{count(len(events), 'file')}\n"
+                    visible(f"changed by package {name}, matching the package database: ")
+                    + f"{count(len(events), 'file')}\n"
                 )
                 for ev in events[: None if limit is None else limit - shown]:
                     out.write("\n".join("  " + line for line in text_lines(ev, False)) + "\n")

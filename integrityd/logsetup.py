@@ -18,6 +18,7 @@ from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 from integrityd.config import LogConfig
+from integrityd.shown import visible
 
 _FOR_PROGRAMS = ("timestamp", "event", "error_type", "exit_code")
 """Fields a JSON line needs and a person reading a terminal does not."""
@@ -30,7 +31,8 @@ def _console(_logger: object, _name: str, event: MutableMapping[str, Any]) -> st
     for key in _FOR_PROGRAMS:
         event.pop(key, None)
     extra = ", ".join(f"{k}={v}" for k, v in event.items())
-    return f"integrityd: {level}: {text}" + (f" ({extra})" if extra else "")
+    # Messages name paths, and a path is whatever bytes an intruder chose.
+    return visible(f"integrityd: {level}: {text}" + (f" ({extra})" if extra else ""))
 
 
 def _clearing(render: Any) -> Any:  # noqa: ANN401 - a structlog processor

@@ -20,6 +20,7 @@ from integrityd.attributes import caps_text, flag_names, xattrs_dict
 from integrityd.errors import ExitCode
 from integrityd.messages import FileState, Finding, Summary
 from integrityd.policy import POLICIES
+from integrityd.shown import visible
 
 _PLAIN = re.compile(rb"[\x20-\x5b\x5d-\x7e]*")
 _ESCAPE = re.compile(r"\\(\\|x[0-9a-fA-F]{2})")
@@ -318,24 +319,6 @@ _LABELS = {"hash.sha256": "sha256", "target_path": "target"}
 """Event field names too long for the text report's column of eight."""
 
 
-def visible(text: str) -> str:
-    """``text`` for a terminal: Unicode format characters escaped as their UTF-8 bytes.
-
-    escape_path already writes control characters as backslash-x-HH; a right-to-left
-    override (U+202E) or a zero-width character (Unicode category Cf) is not one, and
-    printed raw it makes "invoice", U+202E, "fdp.exe" read as "invoiceexe.pdf". The
-    JSON keeps them: a program reads what the name is, a person what it looks like.
-    """
-    if text.isascii():
-        return text
-    import unicodedata  # noqa: PLC0415 - only for names that are not ASCII
-
-    return "".join(
-        "".join(f"\\x{b:02x}" for b in ch.encode()) if unicodedata.category(ch) == "Cf" else ch
-        for ch in text
-    )
-
-
 def text_lines(ev: dict[str, Any], package: bool = True) -> list[str]:
     """A finding for people: the action and path, then each change as old → new.
 
@@ -343,26 +326,27 @@ def text_lines(ev: dict[str, Any], package: bool = True) -> list[str]:
     that says it for a group).
     """
     action = ev["event"]["action"]
-    lines = [f"{action:<11}{visible(ev['file']['path'])}"]
+    lines = [f"{action:<11}{ev['file']['path']}"]
     ours = ev.get("integrityd", {})
     if risk := [r for r in ours.get("risk", ()) if r != "package_mismatch"]:
         lines.append(f"{'':13}! {', '.join(risk).replace('_', ' ')}")
     if package and (owner := ev.get("package")):
         lines.append(f"{'':13}{_package_line(owner)}")
     if "rotated_to" in ours:
-        lines.append(f"{'':13}rotated to {visible(ours['rotated_to'])}")
+        lines.append(f"{'':13}rotated to {ours['rotated_to']}")
     if "reason" in ours:
         lines.append(f"{'':13}{ours['reason']}")
     for name in ev.get("changes", ()):
         old, new = _get(ev.get("baseline", {}), name), _get(ev["file"], name)
         label = _LABELS.get(name, name)
-        lines.append(f"{'':13}{label:<8} {visible(old)} → {visible(new)}")
+        lines.append(f"{'':13}{label:<8} {old} → {new}")
     if "error" in ev:  # unreadable: why; a change lstat() showed: the content went unread
         why = ev["error"]["message"]
         lines.append(
             f"{'':13}{why}" if action == "unreadable" else f"{'':13}content  not read: {why}"
         )
-    return lines
+    # Names, labels, xattr names, package versions: an intruder writes them.
+    return [visible(line) for line in lines]
 
 
 def package_name(package: dict[str, Any]) -> str:

@@ -155,6 +155,21 @@ def test_the_text_report_sets_the_upgrade_apart_and_shouts_at_the_mismatch(db: D
     assert not any("matches the package database" in line for line in grouped)  # the heading says
 
 
+def test_a_package_version_reaches_the_text_report_escaped(db: Dpkgish) -> None:
+    """The package database is root's to edit: an ESC in a version must not steer a tty."""
+    upgrade(db)
+    status = db.admin / "status"
+    status.write_text(status.read_text().replace("Version: 1.1-1", "Version: 1.1\x1b[2K"))
+    db.file("usr/bin/other").write_bytes(b"other 2.0, with a backdoor\n")
+    r = integrityd("check", "-c", db.config)
+    assert r.returncode == 4, r.stderr
+    assert "\x1b" not in r.stdout
+    assert (
+        "changed by package tool 1.1\\x1b[2K (dpkg), matching the package database: 2 files"
+        in r.stdout.splitlines()
+    )
+
+
 def test_accept_packages_accepts_exactly_what_the_database_vouches_for(db: Dpkgish) -> None:
     upgrade(db)
     new = db.file("usr/lib/tool/plugin")

@@ -73,6 +73,16 @@ def test_fatal_error_reads_as_one_human_line(tmp_path: Path) -> None:
     )
 
 
+def test_a_diagnostic_shows_an_escape_in_a_path_escaped(tmp_path: Path) -> None:
+    """A path in a message is whatever bytes someone chose: its ESC must not reach the tty."""
+    code, _, tty = run_on_tty("check", "-m", tmp_path / "m\x1b[2K\x1b[1A.db")
+    assert code == 18
+    assert tty == (
+        f"\r\x1b[Kintegrityd: error: manifest {tmp_path}/m\\x1b[2K\\x1b[1A.db does not "
+        "exist; create it with 'integrityd init'\r\n"
+    )
+
+
 def test_daemon_on_a_terminal_writes_text(tree: Path, manifest: Path) -> None:
     """`watch` on a terminal: readable lines with a time, console diagnostics, no JSON."""
     assert run_on_tty("init", "-m", manifest, tree)[0] == 0

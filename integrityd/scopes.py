@@ -5,15 +5,23 @@ Shared by the one-shot commands (``audit``) and the daemon, below both.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import stat
 
-from integrityd.config import Config, RootConfig
+from integrityd import logsetup
+from integrityd.config import Config, RootConfig, Rule
 from integrityd.errors import ManifestError, RootError, UsageError
 from integrityd.manifest import ManifestStore
 from integrityd.messages import Scope
 from integrityd.paths import covers
 from integrityd.policy import POLICIES, Command
+
+log = logsetup.get_logger()
+
+POLICY_OPTIONS = ("exclude", "check", "rules", "one_filesystem")
+"""A root's options that decide what its baseline vouches for (``workers`` only paces)."""
 
 
 def _stored_roots(manifest: bytes, command: Command) -> tuple[list[RootConfig], dict[bytes, int]]:
@@ -79,7 +87,81 @@ def resolve_scopes(
                 f"manifest {name} holds no baseline yet; run 'integrityd init' first"
             )
         scopes = [Scope(r, r.path) for r in stored]
-    return _distinct(command, scopes, devices)
+    return _distinct(command, _against_baseline(command, scopes, stored), devices)
+
+
+def _against_baseline(
+    command: Command, scopes: list[Scope], stored: list[RootConfig]
+) -> list[Scope]:
+    """A reader compares with the recorded options; a writer records the config's."""
+    if POLICIES[command].writes:
+        for s in scopes:
+            _say_recorded(s.root, stored)
+        return scopes
+    return [_as_recorded(s, stored) for s in scopes]
+
+
+def _differences(root: RootConfig, recorded: RootConfig) -> dict[str, tuple[object, object]]:
+    """The policy options in which ``root`` differs from ``recorded``: name -> (was, now)."""
+    return {
+        name: (getattr(recorded, name), getattr(root, name))
+        for name in POLICY_OPTIONS
+        if getattr(root, name) != getattr(recorded, name)
+    }
+
+
+def _as_recorded(scope: Scope, stored: list[RootConfig]) -> Scope:
+    """A reader's scope, with the options its baseline was recorded (and signed) with.
+
+    The config is not signed: an intruder with root who adds ``exclude: [bin]`` to it,
+    narrows ``check`` or adds a rule, would otherwise have check, verify and the daemon
+    stop looking where he worked, with every run clean. What the baseline vouches for
+    changes only through a writer (init, accept), which records the config's options
+    (and needs the signing key where the baseline is signed). The config still picks
+    which roots a run covers, and paces them (``workers``).
+    """
+    covering = [r for r in stored if covers(r.path, scope.start)]
+    if not covering:
+        return scope  # nothing recorded to hold it to (a command that needs none)
+    recorded = max(covering, key=lambda r: len(r.path))
+    root = scope.root
+    if root is recorded:
+        return scope
+    if differ := _differences(root, recorded) if root.path == recorded.path else {}:
+        log.warning(
+            "root_options_differ",
+            message=f"root {os.fsdecode(root.path)}: the config's options differ from "
+            f"those its baseline was recorded with ({_shown(differ)}); this run compares "
+            "as recorded. To record the config's: integrityd accept --all -c CONFIG "
+            "(with the signing key, if the baseline is signed)",
+            root=os.fsdecode(root.path),
+            options=sorted(differ),
+        )
+    return Scope(dataclasses.replace(recorded, workers=root.workers), scope.start)
+
+
+def _say_recorded(root: RootConfig, stored: list[RootConfig]) -> None:
+    """A writer records the config's options: where they change the baseline's, say so."""
+    recorded = next((r for r in stored if r.path == root.path), None)
+    if recorded is not None and (differ := _differences(root, recorded)):
+        log.warning(
+            "root_options_changed",
+            message=f"root {os.fsdecode(root.path)}: this run records the config's options "
+            f"in place of those the baseline was recorded with ({_shown(differ)})",
+            root=os.fsdecode(root.path),
+            options=sorted(differ),
+        )
+
+
+def _shown(differ: dict[str, tuple[object, object]]) -> str:
+    """``exclude: [] -> ["bin"]``: each option as the config would write it, was -> now."""
+    return "; ".join(f"{name}: {_json(was)} -> {_json(now)}" for name, (was, now) in differ.items())
+
+
+def _json(value: object) -> str:
+    if isinstance(value, tuple):
+        value = [dataclasses.asdict(v) if isinstance(v, Rule) else v for v in value]
+    return json.dumps(value)
 
 
 def _distinct(

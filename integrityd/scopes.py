@@ -127,14 +127,21 @@ def _as_recorded(scope: Scope, stored: list[RootConfig]) -> Scope:
     root = scope.root
     if root is recorded:
         return scope
-    if differ := _differences(root, recorded) if root.path == recorded.path else {}:
+    if differ := _differences(root, recorded):
+        # A config root inside another baselined root is compared with that one's.
+        where = (
+            "its baseline was"
+            if root.path == recorded.path
+            else f"the baselined root {os.fsdecode(recorded.path)} around it was"
+        )
         log.warning(
             "root_options_differ",
             message=f"root {os.fsdecode(root.path)}: the config's options differ from "
-            f"those its baseline was recorded with ({_shown(differ)}); this run compares "
-            "as recorded. To record the config's: integrityd accept --all -c CONFIG "
-            "(with the signing key, if the baseline is signed)",
+            f"those {where} recorded with ({_shown(differ)}); this run compares as "
+            "recorded. To record the config's: integrityd accept --all -c CONFIG (with "
+            "the signing key, if the baseline is signed)",
             root=os.fsdecode(root.path),
+            recorded_root=os.fsdecode(recorded.path),
             options=sorted(differ),
         )
     return Scope(dataclasses.replace(recorded, workers=root.workers), scope.start)

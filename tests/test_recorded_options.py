@@ -75,6 +75,24 @@ def test_a_config_edit_does_not_hide_a_change(
     assert (w["root"], w["options"]) == (str(root), [option])
 
 
+def test_a_config_root_inside_a_baselined_root_is_compared_as_that_one_recorded(
+    tmp_path: Path, manifest: Path, root: Path
+) -> None:
+    """The config moves its root down to bin/ and excludes tool there: still compared."""
+    assert integrityd("init", "-c", config(tmp_path, manifest, root)).returncode == 0
+    (root / "bin" / "tool").write_bytes(b"replaced\n")
+    cfg = tmp_path / "inner.yaml"
+    cfg.write_text(f"manifest: {manifest}\nroots:\n  - path: {root / 'bin'}\n    exclude: [tool]\n")
+    r = integrityd("check", "-c", cfg, "--json", "--no-progress")
+    assert (r.returncode, findings(r)) == (4, [("modified", str(root / "bin" / "tool"))])
+    [w] = warned(r, "root_options_differ")
+    assert (w["root"], w["recorded_root"], w["options"]) == (
+        str(root / "bin"),
+        str(root),
+        ["exclude"],
+    )
+
+
 def test_workers_from_the_config_apply_without_a_warning(
     tmp_path: Path, manifest: Path, root: Path
 ) -> None:

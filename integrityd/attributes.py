@@ -184,11 +184,11 @@ def sees_trusted() -> bool:
     return initial and bool(caps >> _CAP_SYS_ADMIN & 1)
 
 
-def unseen_trusted(recorded: str | None) -> int:
-    """How many ``trusted.*`` names the recorded ``xattrs`` holds (cheap when none)."""
+def _has_trusted(recorded: str | None) -> bool:
+    """Whether the recorded ``xattrs`` holds a ``trusted.*`` name (no parse when not)."""
     if not recorded or f'"{TRUSTED}' not in recorded:
-        return 0
-    return sum(name.startswith(TRUSTED) for name in xattrs_dict(recorded))
+        return False
+    return any(name.startswith(TRUSTED) for name in xattrs_dict(recorded))
 
 
 def carry_trusted(recorded: str | None, seen: str | None) -> str | None:
@@ -197,7 +197,7 @@ def carry_trusted(recorded: str | None, seen: str | None) -> str | None:
     For a process that cannot see them: they are not compared, and a writer keeps them
     as recorded instead of dropping what root recorded.
     """
-    if seen is None or not unseen_trusted(recorded):
+    if seen is None or not _has_trusted(recorded):
         return seen
     merged = xattrs_dict(seen) | {
         n: v for n, v in xattrs_dict(recorded).items() if n.startswith(TRUSTED)

@@ -282,10 +282,11 @@ class Watches:
         self.degraded = True
         root = None if i is None else os.fsdecode(self._scopes[i].start)
         # Counted by the plan: the limit. Found after a scan: the limit, or a directory
-        # inotify may not watch (no read permission) or that came and went meanwhile.
+        # inotify may not watch (no read permission, a path too long to give it) or that
+        # came and went meanwhile.
         what = (
-            "some directories cannot be watched (fs.inotify.max_user_watches, or no read "
-            "permission)"
+            "some directories cannot be watched (fs.inotify.max_user_watches, no read "
+            "permission, or a path longer than PATH_MAX, 4096 bytes)"
             if unwatched is None
             else f"{count(unwatched, 'directory', 'directories')} cannot be watched "
             "(fs.inotify.max_user_watches)"

@@ -10,6 +10,7 @@ lacks is removed; if it was a directory, so is everything below it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import os
 import pickle
@@ -25,7 +26,7 @@ from integrityd.compare import classify
 from integrityd.config import EXTENDED
 from integrityd.errors import IntegritydError
 from integrityd.exclude import Excluder
-from integrityd.failures import describe, error_type, failed
+from integrityd.failures import describe, error_type, failed, missing
 from integrityd.hashing import Hasher, Pace, from_stat, settled_before
 from integrityd.manifest import BaselineReader, row, sqlite_error
 from integrityd.messages import (
@@ -46,7 +47,7 @@ from integrityd.paths import join, relative, split
 from integrityd.prefetch import Prefetcher, cold
 from integrityd.rules import NONE, Rules
 from integrityd.signals import ignore_stop_signals, name_process
-from integrityd.walk import Entry, Listing, list_dir
+from integrityd.walk import PATH_MAX, Entry, Listing, list_dir, open_directory
 
 log = logsetup.get_logger()
 
@@ -498,37 +499,58 @@ class Scanner:
     def _each_file(self, task: FileTask, found: _Found, prefetch: Prefetcher | None) -> None:
         elsewhere: dict[bytes, bool] = {}
         settled: dict[bytes, int | None] = {}
+        deep = _DeepDirs()
         baseline = self.baseline.lookup_many(task.paths)
         paths = task.paths
         if self.limited[task.scope]:  # a spinning disk: in the recorded inodes' order
             paths = tuple(sorted(paths, key=lambda p: _inode(baseline.get(p))))
-        for i, path in enumerate(paths):
-            if prefetch is not None:
-                prefetch.passed(i)
-            parent, name = split(path)
-            if path != self.job.scopes[task.scope].start:
-                if parent not in elsewhere:
-                    elsewhere[parent] = self._elsewhere(task.scope, parent)
-                if elsewhere[parent]:
-                    continue
-            if parent not in settled:
-                # Per directory even under a root on one filesystem: some of these paths
-                # come from the daemon's events or verify's baseline, not from the walk.
-                settled[parent] = self._settled_before(parent)
-            state = self.hasher.state(
-                path, HINT_FILE, settled_before=settled[parent], extra=self.extra[task.scope]
-            )
-            old = baseline.get(path)
-            if state.type != "missing":
-                recorded = old.recorded() if old else None
-                rules = self.rules[task.scope]
-                rel = relative(self.job.scopes[task.scope].root.path, path)
-                attrs = rules.for_path(rel, state.type == "dir")
-                self._compare(found, task.scope, state, recorded, (parent, name), attrs)
-            elif old is not None:
-                self._removed(found, task.scope, old)
-            elif self.watches:
-                found.matched.append(path)  # absent, as in the baseline
+        with deep:
+            for i, path in enumerate(paths):
+                if prefetch is not None:
+                    prefetch.passed(i)
+                parent, name = split(path)
+                if path != self.job.scopes[task.scope].start:
+                    if parent not in elsewhere:
+                        elsewhere[parent] = self._elsewhere(task.scope, parent)
+                    if elsewhere[parent]:
+                        continue
+                if parent not in settled:
+                    # Per directory even under a root on one filesystem: some of these
+                    # paths come from the daemon's events or verify's baseline.
+                    settled[parent] = self._settled_before(parent)
+                try:
+                    at = deep.at(parent, name) if len(path) >= PATH_MAX else None
+                except OSError as e:  # a directory on its way is gone, or not one now
+                    at, state = None, _unopened(path, e)
+                else:
+                    state = self.hasher.state(
+                        path,
+                        HINT_FILE,
+                        at=at,
+                        settled_before=settled[parent],
+                        extra=self.extra[task.scope],
+                    )
+                self._one_file(task.scope, found, state, baseline.get(path), (parent, name), at)
+
+    def _one_file(  # noqa: PLR0917 - _each_file's state, passed on
+        self,
+        scope: int,
+        found: _Found,
+        state: FileState,
+        old: FileState | None,
+        key: tuple[bytes, bytes],
+        at: tuple[int, bytes] | None,
+    ) -> None:
+        """Compare one of a FileTask's paths with its baseline entry ``old``."""
+        if state.type != "missing":
+            recorded = old.recorded() if old else None
+            rel = relative(self.job.scopes[scope].root.path, state.path)
+            attrs = self.rules[scope].for_path(rel, state.type == "dir")
+            self._compare(found, scope, state, recorded, key, attrs, at)
+        elif old is not None:
+            self._removed(found, scope, old)
+        elif self.watches:
+            found.matched.append(state.path)  # absent, as in the baseline
 
     def _compare(  # noqa: PLR0917 - the hot path: positional arguments are the cheapest
         self,
@@ -705,6 +727,44 @@ def _with_unseen_trusted(state: FileState, recorded: tuple[object, ...]) -> File
     """``state`` with the recorded ``trusted.*`` xattrs this process cannot see."""
     carried = carry_trusted(cast("str | None", recorded[_XATTRS]), state.xattrs)
     return state if carried == state.xattrs else state._replace(xattrs=carried)
+
+
+class _DeepDirs:
+    """Open directories for paths too long to open whole (walk.open_directory), by path.
+
+    A verify batch's files are opened relative to them; a ``with`` block closes them.
+    """
+
+    def __init__(self) -> None:
+        self._fds: dict[bytes, int | OSError] = {}
+
+    def at(self, parent: bytes, name: bytes) -> tuple[int, bytes]:
+        """(directory fd, name) for the file; raises what opening the directory raised."""
+        if parent not in self._fds:
+            try:
+                self._fds[parent] = open_directory(parent)
+            except OSError as e:
+                self._fds[parent] = e
+        fd = self._fds[parent]
+        if isinstance(fd, OSError):
+            raise fd
+        return fd, name
+
+    def __enter__(self) -> _DeepDirs:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for fd in self._fds.values():
+            if not isinstance(fd, OSError):
+                os.close(fd)
+        self._fds.clear()
+
+
+def _unopened(path: bytes, e: OSError) -> FileState:
+    """The state of a file whose directory could not be opened: missing, or unreadable."""
+    if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+        return missing(path)
+    return failed(path, error_type(e), describe(e))
 
 
 def _inode(recorded: FileState | None) -> int:

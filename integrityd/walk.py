@@ -23,6 +23,36 @@ _FS_ENCODING = sys.getfilesystemencoding()
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
+PATH_MAX = 4096
+"""Linux's limit on a path given to a system call, its NUL included (ENAMETOOLONG)."""
+
+
+def open_directory(directory: bytes) -> int:
+    """Open ``directory`` for listing; one name at a time where the path is too long.
+
+    A tree may nest deeper than PATH_MAX bytes (anyone may make one, and an intruder
+    would keep his files there: a walk that opens directories by path stopped at
+    "File name too long"). Such a directory is opened from "/" down with openat(),
+    each step O_NOFOLLOW: no symlink is followed on the way, as the walk follows none.
+    """
+    if len(directory) < PATH_MAX:
+        return os.open(directory, _DIR_FLAGS)
+    fd = os.open(b"/", _DIR_FLAGS)
+    try:
+        for name in directory.split(b"/"):
+            if name:
+                parent, fd = fd, -1
+                try:
+                    fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+                finally:
+                    os.close(parent)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        raise
+    return fd
+
+
 Entry = tuple[bytes, bytes, str]
 """(name, path, hint) of one directory entry."""
 
@@ -75,7 +105,7 @@ def list_dir(
     heads across the disk between any two files (as tar, rsync and fsck know).
     """
     try:
-        fd = os.open(directory, _DIR_FLAGS)
+        fd = open_directory(directory)
     except (FileNotFoundError, NotADirectoryError):
         return Listing()
     except OSError as e:

@@ -221,6 +221,34 @@ def test_periodic_rescan_finds_what_no_event_shows(
     assert w.stop() == 0
 
 
+def test_a_write_through_a_hard_link_outside_the_root_is_found_by_the_rescan(
+    tree: Path, manifest: Path, tmp_path: Path, watcher: Callable[..., Watcher]
+) -> None:
+    """The kernel reports a write to the directory the file was opened through, not to all.
+
+    ``ln /etc/sudoers /var/tmp/x`` and a write to /var/tmp/x raise no event under /etc:
+    the daemon learns of it from its next full scan, as documented, with the new link
+    count and content.
+    """
+    target = tree / "a.txt"
+    assert integrityd("init", "-m", manifest, tree).returncode == 0
+    w = watcher("-c", config(tmp_path, manifest, tree, rescan_interval="2s"))
+    w.ready()
+    w.scanned()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.link(target, outside / "x")
+    with open(outside / "x", "ab") as f:
+        f.write(b"appended through the other name\n")
+    e = w.wait("modified", target, timeout=30)
+    assert e["changes"] == ["hash.sha256", "size", "mtime", "nlink"]
+    assert (e["file"]["nlink"], e["file"]["hash"]["sha256"]) == (2, sha(target.read_bytes()))
+    periodic = [x for x in w.logs if x.get("event") == "scan_started" and x["reason"] == "periodic"]
+    assert periodic, "no periodic scan"
+    assert _when(periodic[0]["timestamp"]) < _when(e["@timestamp"]), "found by the scan"
+    assert w.stop() == 0
+
+
 def _when(stamp: str) -> datetime:
     """An ISO 8601 UTC timestamp (nanoseconds cut to microseconds)."""
     head, _, frac = stamp.rstrip("Z").partition(".")

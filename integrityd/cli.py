@@ -485,6 +485,10 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
         return int(e.exit_code)
     roots = ", ".join(os.fsdecode(r.path) for r in cfg.roots) or "none"
     print(f"{args.file}: ok (roots: {roots})")
+    from integrityd.scopes import pending_options  # noqa: PLC0415 - see the module docstring
+
+    for line in pending_options(cfg, cfg.manifest or default_manifest()):
+        print(f"  {line}")
     return 0
 
 

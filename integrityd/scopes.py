@@ -120,10 +120,9 @@ def _as_recorded(scope: Scope, stored: list[RootConfig]) -> Scope:
     (and needs the signing key where the baseline is signed). The config still picks
     which roots a run covers, and paces them (``workers``).
     """
-    covering = [r for r in stored if covers(r.path, scope.start)]
-    if not covering:
+    recorded = _recorded_for(scope.start, stored)
+    if recorded is None:
         return scope  # nothing recorded to hold it to (a command that needs none)
-    recorded = max(covering, key=lambda r: len(r.path))
     root = scope.root
     if root is recorded:
         return scope
@@ -145,6 +144,34 @@ def _as_recorded(scope: Scope, stored: list[RootConfig]) -> Scope:
             options=sorted(differ),
         )
     return Scope(dataclasses.replace(recorded, workers=root.workers), scope.start)
+
+
+def _recorded_for(start: bytes, stored: list[RootConfig]) -> RootConfig | None:
+    """The recorded root whose baseline covers ``start`` (the innermost), if any."""
+    covering = [r for r in stored if covers(r.path, start)]
+    return max(covering, key=lambda r: len(r.path)) if covering else None
+
+
+def pending_options(cfg: Config, manifest: bytes) -> list[str]:
+    """For ``config check``: each config root whose options its baseline does not hold yet.
+
+    One line per such root; none where the manifest cannot be read (it may not exist
+    yet: the config is still valid).
+    """
+    try:
+        stored, _ = _stored_roots(manifest, "check")
+    except (ManifestError, OSError):
+        return []
+    lines = []
+    for root in cfg.roots:
+        recorded = _recorded_for(root.path, stored)
+        if recorded is not None and (differ := _differences(root, recorded)):
+            lines.append(
+                f"root {os.fsdecode(root.path)}: {_shown(differ)}: not in its baseline yet; "
+                "readers compare as recorded until an accept records them "
+                "(integrityd accept --all -c CONFIG)"
+            )
+    return lines
 
 
 def _say_recorded(root: RootConfig, stored: list[RootConfig]) -> None:

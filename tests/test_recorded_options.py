@@ -120,6 +120,23 @@ def test_accept_records_the_config_s_options_and_says_so(
     assert "root_options" not in r.stderr
 
 
+def test_config_check_says_which_options_wait_for_an_accept(
+    tmp_path: Path, manifest: Path, root: Path
+) -> None:
+    """The config is valid (exit 0); what its baseline does not hold yet is named."""
+    assert integrityd("init", "-c", config(tmp_path, manifest, root)).returncode == 0
+    cfg = config(tmp_path, manifest, root, "    exclude: [bin]\n    workers: 1\n")
+    r = integrityd("config", "check", cfg)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[1:] == [
+        f'  root {root}: exclude: [] -> ["bin"]: not in its baseline yet; readers compare '
+        "as recorded until an accept records them (integrityd accept --all -c CONFIG)"
+    ]
+    assert integrityd("accept", "--all", "-c", cfg).returncode == 0
+    r = integrityd("config", "check", cfg)
+    assert (r.returncode, len(r.stdout.splitlines())) == (0, 1), r.stdout
+
+
 def test_the_daemon_watches_as_recorded(
     tmp_path: Path, manifest: Path, root: Path, watcher: Callable[..., Watcher]
 ) -> None:

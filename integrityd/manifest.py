@@ -949,9 +949,12 @@ def refuse_unsafe(path: bytes) -> None:
 
     integrityd runs as root: a symlink planted at the manifest's path, or at its -wal or
     -shm, would have SQLite create or overwrite whatever it points to. And a baseline
-    that others may write, or that lies in a directory where others may rename files
-    (one they may write, without the sticky bit that /tmp has), is one an intruder can
-    swap for a baseline of his own.
+    that others may write, or that lies in a directory others may write, is one an
+    intruder can swap for a baseline of his own. The sticky bit (/tmp) is no help: it
+    keeps others from renaming the manifest, not from making its name first (root's
+    init then wrote the baseline into a file its maker owns and may edit at will), nor
+    from planting a -wal or -journal, which SQLite applies to the database when it next
+    opens it: any page of the baseline, chosen by whoever wrote that file.
     """
     for p in (path, *(path + s for s in SIDE_FILES)):
         try:
@@ -976,12 +979,14 @@ def refuse_unsafe(path: bytes) -> None:
         st = os.stat(directory)
     except OSError:
         return  # absent: init creates it (0700); others say the manifest is missing
-    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+    if st.st_mode & 0o022:
         name = os.fsdecode(directory)
         msg = (
             f"the manifest's directory {name} may be written by others than its owner "
-            f"(mode {stat.S_IMODE(st.st_mode):04o}, no sticky bit), who could replace the "
-            f"manifest; chmod go-w {name}, or keep the manifest in a directory of its own"
+            f"(mode {stat.S_IMODE(st.st_mode):04o}), who could replace the manifest or "
+            "plant its journal (-wal, -journal) for SQLite to apply to it; keep the "
+            "manifest in a directory of its own (not /tmp), or chmod go-w "
+            f"{name}"
         )
         raise ManifestError(msg)
 

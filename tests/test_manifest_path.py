@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from .conftest import Watcher, integrityd
+import pytest
+
+from .conftest import AS_SERVICE, SERVICE_UID, Watcher, integrityd
 
 
 def test_a_symlink_at_the_manifest_s_path_is_refused(tree: Path, tmp_path: Path) -> None:
@@ -87,16 +90,42 @@ def test_a_manifest_others_may_write_is_refused(tree: Path, tmp_path: Path) -> N
 
 
 def test_a_manifest_in_a_directory_others_may_write_is_refused(tree: Path, tmp_path: Path) -> None:
-    """Others could rename another baseline over it; with the sticky bit (like /tmp) not."""
+    """Others could rename another baseline over it, or plant its journal (sticky or not)."""
     shared = tmp_path / "shared"
     shared.mkdir()
     manifest = shared / "m.db"
     assert integrityd("init", "-m", manifest, tree).returncode == 0
-    shared.chmod(0o777)
-    for command in (("check",), ("init", tree)):
-        r = integrityd(*command, "-m", manifest)
-        assert r.returncode == 18, r.stderr
-        assert f"the manifest's directory {shared} may be written by others" in r.stderr
-    shared.chmod(0o1777)
-    assert integrityd("check", "-m", manifest).returncode == 0
+    for mode in (0o777, 0o1777, 0o775):
+        shared.chmod(mode)
+        for command in (("check",), ("init", tree)):
+            r = integrityd(*command, "-m", manifest)
+            assert r.returncode == 18, r.stderr
+            assert f"the manifest's directory {shared} may be written by others" in r.stderr
     shared.chmod(0o755)
+    assert integrityd("check", "-m", manifest).returncode == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="planting as another user needs root")
+def test_a_manifest_planted_in_a_sticky_directory_is_not_written(
+    tree: Path, tmp_path: Path
+) -> None:
+    """/tmp's sticky bit lets anyone make the name first: both refused, exit 18.
+
+    Root's init wrote the baseline into the planter's file (his to edit at will); and a
+    planted -wal is a journal SQLite would apply to the baseline. The file is left as
+    it was, and no manifest is made.
+    """
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o1777)
+    shared.chmod(0o1777)
+    manifest = shared / "m.db"
+    plant = [*AS_SERVICE, "touch"]  # another user; CAP_DAC_READ_SEARCH to reach tmp_path
+    subprocess.run([*plant, str(manifest)], check=True)
+    r = integrityd("init", "-m", manifest, tree)
+    assert r.returncode == 18, r.stderr
+    assert (manifest.stat().st_uid, manifest.stat().st_size) == (SERVICE_UID, 0)
+    manifest.unlink()
+    subprocess.run([*plant, f"{manifest}-wal"], check=True)
+    r = integrityd("init", "-m", manifest, tree)
+    assert r.returncode == 18, r.stderr
+    assert not manifest.exists()

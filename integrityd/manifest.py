@@ -31,6 +31,7 @@ from integrityd.keys import PublicKey, SigningKey
 from integrityd.messages import RECORDED, FileState
 from integrityd.paths import join, split
 from integrityd.policy import Mode
+from integrityd.writers import changeable_by_others
 
 # Python's sqlite3 binds int, float and str directly, but looks for an adapter for any other
 # type, and a failed look-up raises and discards an AttributeError: about 1.3 µs for every
@@ -967,26 +968,12 @@ def refuse_unsafe(path: bytes) -> None:
                 "manifest's path: give the path of the manifest itself"
             )
             raise ManifestError(msg)
-        if p == path and st.st_mode & 0o022:
-            msg = (
-                f"manifest {os.fsdecode(p)} may be written by others than its owner "
-                f"(mode {stat.S_IMODE(st.st_mode):04o}), who could rewrite the baseline; "
-                f"chmod go-w {os.fsdecode(p)}"
-            )
-            raise ManifestError(msg)
-    directory = os.path.dirname(path) or b"."
-    try:
-        st = os.stat(directory)
-    except OSError:
-        return  # absent: init creates it (0700); others say the manifest is missing
-    if st.st_mode & 0o022:
-        name = os.fsdecode(directory)
+    if (why := changeable_by_others(path)) is not None:
+        reason, fix = why
         msg = (
-            f"the manifest's directory {name} may be written by others than its owner "
-            f"(mode {stat.S_IMODE(st.st_mode):04o}), who could replace the manifest or "
+            f"manifest {os.fsdecode(path)} {reason}: they could replace the baseline, or "
             "plant its journal (-wal, -journal) for SQLite to apply to it; keep the "
-            "manifest in a directory of its own (not /tmp), or chmod go-w "
-            f"{name}"
+            f"manifest in a directory of its own (not /tmp), or chmod go-w {fix}"
         )
         raise ManifestError(msg)
 

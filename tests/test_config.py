@@ -149,6 +149,25 @@ def test_config_check_cli_reports_error_in_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("what", ["file", "directory"])
+def test_a_config_others_may_write_is_refused(tmp_path: Path, what: str) -> None:
+    """It names the manifest and the public key: whoever may edit it picks them (exit 17)."""
+    home = tmp_path / "etc"
+    home.mkdir()
+    path = Path(write(home, "roots:\n  - path: /etc\n"))
+    (path if what == "file" else home).chmod(0o666 if what == "file" else 0o1777)
+    for command in (("config", "check", path), ("check", "-c", path)):
+        r = integrityd(*command)
+        assert r.returncode == 17, r.stderr
+        assert "which others than its owner may write" in r.stderr or (
+            "may be written by others than its owner (mode 0666)" in r.stderr
+        )
+        assert "could point integrityd at a manifest or key of their own" in r.stderr
+    home.chmod(0o755)
+    path.chmod(0o644)
+    assert integrityd("config", "check", path).returncode == 0
+
+
 def test_missing_config_file(tmp_path: Path) -> None:
     """A config that does not exist is a config error, not a traceback."""
     r = integrityd("check", "-c", tmp_path / "nope.yaml")

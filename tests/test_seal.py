@@ -49,6 +49,17 @@ def signed(tree: Path, manifest: Path, keys: tuple[Path, Path]) -> Path:
     return manifest
 
 
+def test_a_public_key_others_may_write_is_refused(signed: Path, keys: tuple[Path, Path]) -> None:
+    """Whoever may replace it could put in his key, and his baseline would check valid."""
+    public = keys[1]
+    public.chmod(0o646)
+    r = integrityd("check", "-m", signed, "--verify-key", public)
+    assert r.returncode == SIGNATURE, r.stderr
+    assert f"the public key {public} may be written by others than its owner" in r.stderr
+    public.chmod(0o644)
+    assert integrityd("check", "-m", signed, "--verify-key", public).returncode == 0
+
+
 def _sql(manifest: Path, *statements: str, params: tuple[object, ...] = ()) -> None:
     """What an intruder with the sqlite3 shell does: edit the manifest in place."""
     conn = sqlite3.connect(manifest)

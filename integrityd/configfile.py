@@ -29,7 +29,7 @@ from integrityd.exclude import problem
 from integrityd.metrics import parse_listen
 from integrityd.paths import covers, resolved_keeping_name
 from integrityd.units import parse_duration, parse_size
-from integrityd.writers import changeable_by_others
+from integrityd.writers import refuse_if_changeable
 
 
 def load(path: str, *, roots_exist: bool = False) -> Config:
@@ -38,15 +38,9 @@ def load(path: str, *, roots_exist: bool = False) -> Config:
     ``roots_exist``: also require each root to exist (``config check``: will this work
     now?). A daemon's reload does not ask, as a root may be mounted later.
     """
-    if (why := changeable_by_others(path)) is not None:
-        # It names the manifest, the public key and the roots: whoever may edit it could
-        # point integrityd at a baseline or a key of his own.
-        reason, fix = why
-        msg = (
-            f"config {path} {reason}: they could point integrityd at a manifest or key of "
-            f"their own; chmod go-w {fix}"
-        )
-        raise ConfigError(msg)
+    # It names the manifest, the public key and the roots.
+    harm = "they could point integrityd at a manifest or key of their own"
+    refuse_if_changeable(path, "config", harm, ConfigError)
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read(MAX_BYTES + 1)

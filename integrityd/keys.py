@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass, field
 
 from integrityd.errors import SignatureError, UsageError
-from integrityd.writers import changeable_by_others
+from integrityd.writers import refuse_if_changeable
 
 PASSPHRASE_ENV = "INTEGRITYD_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
 
@@ -169,13 +169,8 @@ _SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
 
 def load_public(path: str) -> PublicKey:
     """The public key in the PEM file ``path``."""
-    if (why := changeable_by_others(path)) is not None:
-        reason, fix = why
-        msg = (
-            f"the public key {path} {reason}: they could put in a key of their own, and "
-            f"a baseline they signed would check as valid; chmod go-w {fix}"
-        )
-        raise SignatureError(msg)
+    harm = "they could put in a key of their own, and a baseline they signed would check valid"
+    refuse_if_changeable(path, "the public key", harm, SignatureError)
     data = _read(path, "public key")
     lines = data.decode("ascii", "replace").strip().splitlines()
     der = b""

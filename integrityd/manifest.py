@@ -31,7 +31,7 @@ from integrityd.keys import PublicKey, SigningKey
 from integrityd.messages import RECORDED, FileState
 from integrityd.paths import join, split
 from integrityd.policy import Mode
-from integrityd.writers import changeable_by_others
+from integrityd.writers import refuse_if_changeable
 
 # Python's sqlite3 binds int, float and str directly, but looks for an adapter for any other
 # type, and a failed look-up raises and discards an AttributeError: about 1.3 µs for every
@@ -968,14 +968,11 @@ def refuse_unsafe(path: bytes) -> None:
                 "manifest's path: give the path of the manifest itself"
             )
             raise ManifestError(msg)
-    if (why := changeable_by_others(path)) is not None:
-        reason, fix = why
-        msg = (
-            f"manifest {os.fsdecode(path)} {reason}: they could replace the baseline, or "
-            "plant its journal (-wal, -journal) for SQLite to apply to it; keep the "
-            f"manifest in a directory of its own (not /tmp), or chmod go-w {fix}"
-        )
-        raise ManifestError(msg)
+    harm = (
+        "they could replace the baseline, or plant its journal (-wal, -journal) for "
+        "SQLite to apply to it (keep the manifest in a directory of its own, not /tmp)"
+    )
+    refuse_if_changeable(path, "manifest", harm, ManifestError)
 
 
 def _create_private(path: bytes) -> None:

@@ -19,6 +19,8 @@ import os
 import pwd
 import stat
 
+from integrityd.errors import IntegritydError
+
 
 def changeable_by_others(path: str | bytes) -> tuple[str, str] | None:
     """Why someone besides the owner of ``path`` may change it, and what to ``chmod go-w``.
@@ -46,6 +48,15 @@ def changeable_by_others(path: str | bytes) -> tuple[str, str] | None:
             directory,
         )
     return None
+
+
+def refuse_if_changeable(
+    path: str | bytes, what: str, harm: str, error: type[IntegritydError]
+) -> None:
+    """Raise ``error`` ("``what`` PATH REASON: ``harm``; chmod go-w ...") if others may."""
+    if (found := changeable_by_others(path)) is not None:
+        reason, fix = found
+        raise error(f"{what} {os.fsdecode(path)} {reason}: {harm}; chmod go-w {fix}")
 
 
 def _others_may_write(st: os.stat_result) -> bool:

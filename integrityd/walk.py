@@ -117,8 +117,8 @@ def list_dir(
     try:
         inodes: dict[bytes, int] | None = {} if inode_order else None
         rest = _entries(os.scandir(fd), out, prefix, root, excluder, skip, device, inodes)
-        # Taken in C (extend over islice): a Python loop over the generator cost 0.5 µs
-        # an entry more than the loop it replaced.
+        # Taken in C (extend over islice), not by a Python loop that appended and tested
+        # the limit per entry (profiled as the largest new cost per directory entry).
         out.entries.extend(rest if limit is None else itertools.islice(rest, limit))
         if limit is not None and len(out.entries) >= limit:
             out.more = rest if inodes is None else _by_inode(rest, inodes, limit)
